@@ -1,0 +1,184 @@
+"""vlp-data: make, inspect and stream image-text shards."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+
+from . import shapes
+from .ingest import TableError, write_shards
+from .shapes_world import WorldConfig, generate_world
+from .specs import SpecError
+from .stats import default_workers, shard_stats
+
+EXIT_USAGE = 2  # bad arguments or input the user must fix
+EXIT_DATA = 1  # the data itself could not be used
+
+
+def _err(msg: str, code: int) -> int:
+    print(f"vlp-data: error: {msg}", file=sys.stderr)
+    return code
+
+
+def cmd_shapes(args: argparse.Namespace) -> int:
+    try:
+        cfg = WorldConfig(
+            train_samples=args.train_samples,
+            image_size=args.image_size,
+            seed=args.seed,
+            heldout=shapes.parse_heldout(args.heldout),
+            zeroshot_per_class=args.zeroshot_per_class,
+            compositional_per_type=args.compositional_per_type,
+            shard_size=args.shard_size,
+        )
+        summary = generate_world(args.out, cfg, workers=args.workers, overwrite=args.overwrite)
+    except (ValueError, FileExistsError) as exn:
+        return _err(str(exn), EXIT_USAGE)
+    print(json.dumps({"out": summary.out, "counts": summary.counts, "seconds": round(summary.seconds, 2)}))
+    return 0
+
+
+def cmd_shards(args: argparse.Namespace) -> int:
+    try:
+        summary = write_shards(args.input, args.out, args.shard_size, args.image_col, args.caption_col)
+    except (TableError, FileExistsError, ValueError) as exn:
+        return _err(str(exn), EXIT_USAGE)
+    result = {"out": summary.out, "written": summary.written, "shards": summary.shards, "skipped": summary.skipped}
+    print(json.dumps(result))
+    if summary.written == 0:
+        return _err(f"no sample could be written from {args.input} (skipped: {summary.skipped})", EXIT_DATA)
+    return 0
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    def progress(done: int, total: int) -> None:
+        if total >= 10 and (done % max(1, total // 10) == 0 or done == total):
+            print(f"  {done}/{total} shards", file=sys.stderr)
+
+    try:
+        result = shard_stats(args.spec, workers=args.workers, progress=progress)
+    except SpecError as exn:
+        return _err(str(exn), EXIT_USAGE)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def cmd_peek(args: argparse.Namespace) -> int:
+    """Stream a few batches through the training loader and say what came out."""
+    import open_clip  # deferred: slow to import and not needed by the other commands
+
+    from .loader import DataPipelineError, StreamingLoader
+
+    try:
+        loader = StreamingLoader(
+            args.spec,
+            preprocess=open_clip.image_transform(args.image_size, is_train=True),
+            tokenizer=open_clip.get_tokenizer("ViT-B-32"),
+            batch_size=args.batch_size,
+            num_workers=args.workers,
+            num_negatives=args.negatives,
+            mode=args.mode,
+            seed=args.seed,
+        )
+        start = time.perf_counter()
+        seen = 0
+        for i, batch in enumerate(loader):
+            seen += len(batch["key"])
+            shapes_ = {k: list(v.shape) for k, v in batch.items() if hasattr(v, "shape")}
+            print(
+                f"batch {i}: {shapes_}  first caption: {batch['text'][0].count_nonzero().item()} tokens, "
+                f"key {batch['key'][0]}"
+            )
+            if i + 1 >= args.batches:
+                break
+        seconds = time.perf_counter() - start
+    except (SpecError, DataPipelineError, ValueError) as exn:
+        return _err(str(exn), EXIT_DATA)
+    print(
+        json.dumps(
+            {
+                "batches": min(args.batches, i + 1),
+                "samples": seen,
+                "samples_per_s": round(seen / seconds, 1),
+                "skipped": loader.skipped,
+                "state": loader.state_dict(),
+            }
+        )
+    )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="vlp-data", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser(
+        "shapes",
+        help="generate the synthetic shapes world (train, zeroshot, compositional)",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    s.add_argument("--out", required=True, help="output directory (built beside it, then renamed into place)")
+    s.add_argument("--train-samples", type=int, default=20_000, help="training samples")
+    s.add_argument("--image-size", type=int, default=64, help="image side in pixels")
+    s.add_argument("--seed", type=int, default=0, help="same arguments give byte-identical files")
+    s.add_argument(
+        "--heldout",
+        default=",".join(f"{c} {s}" for c, s in shapes.DEFAULT_HELDOUT),
+        help="comma-separated 'colour shape' pairs that never appear in training, or 'none'",
+    )
+    s.add_argument("--zeroshot-per-class", type=int, default=20, help="zero-shot images per class")
+    s.add_argument("--compositional-per-type", type=int, default=300, help="compositional examples per file")
+    s.add_argument("--shard-size", type=int, default=1000, help="samples per shard")
+    s.add_argument("--workers", type=int, default=None, help="generator processes (default: up to 4)")
+    s.add_argument("--overwrite", action="store_true", help="replace an existing, different output directory")
+    s.set_defaults(fn=cmd_shapes)
+
+    s = sub.add_parser(
+        "shards",
+        help="write shards from a CSV/TSV/JSONL of (image path, caption[, negatives])",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    s.add_argument("--input", required=True, help="table file: .csv, .tsv (with a header) or .jsonl")
+    s.add_argument("--out", required=True, help="new output directory")
+    s.add_argument("--shard-size", type=int, default=1000, help="samples per shard")
+    s.add_argument("--image-col", default=None, help="image column (default: image/image_path/filepath/path/...)")
+    s.add_argument("--caption-col", default=None, help="caption column (default: caption/text/title)")
+    s.set_defaults(fn=cmd_shards)
+
+    s = sub.add_parser(
+        "stats",
+        help="count samples, shards, skipped samples and caption lengths (JSON)",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    s.add_argument("spec", help="a directory of .tar files, a brace spec, a pipe: command or a URL ('::' joins)")
+    s.add_argument("--workers", type=int, default=default_workers(), help="processes reading shards")
+    s.set_defaults(fn=cmd_stats)
+
+    s = sub.add_parser(
+        "peek",
+        help="stream a few batches through the training loader",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    s.add_argument("spec", help="shard spec, as for stats")
+    s.add_argument("--batches", type=int, default=5)
+    s.add_argument("--batch-size", type=int, default=32)
+    s.add_argument("--workers", type=int, default=2, help="DataLoader workers")
+    s.add_argument("--image-size", type=int, default=64)
+    s.add_argument("--negatives", type=int, default=0, help="hard negatives per sample (K)")
+    s.add_argument("--mode", choices=("split", "resampled"), default="split")
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(fn=cmd_peek)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    return args.fn(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,102 @@
+"""What a set of shards holds: samples, shards, skipped samples by reason, caption lengths."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from collections import Counter
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from .samples import SkipCounter, SkipSample, caption, decode_image, image_member, iter_shard, metadata, negative_texts
+from .specs import parse_sources
+
+PERCENTILES = (5, 25, 50, 75, 95)
+
+
+def _one_shard(url: str) -> dict:
+    counter = SkipCounter(f" in {url}")
+    words: Counter[int] = Counter()
+    chars: Counter[int] = Counter()
+    formats: Counter[str] = Counter()
+    negs: Counter[int] = Counter()
+    samples = 0
+    for sample in iter_shard(url, counter):
+        try:
+            meta = metadata(sample)
+            text = caption(sample, meta)
+            n_neg = len(negative_texts(meta, sample))
+            decode_image(sample)
+        except SkipSample as skip:
+            counter.add(skip.reason, skip.detail)
+            continue
+        samples += 1
+        words[len(text.split())] += 1
+        chars[len(text)] += 1
+        formats[image_member(sample)[0]] += 1
+        negs[n_neg] += 1
+    return {
+        "samples": samples,
+        "skipped": counter.counts,
+        "words": words,
+        "chars": chars,
+        "formats": formats,
+        "negs": negs,
+    }
+
+
+def _summary(hist: Counter[int]) -> dict:
+    if not hist:
+        return {}
+    values = np.array(sorted(hist))
+    counts = np.array([hist[v] for v in values])
+    cum = np.cumsum(counts) / counts.sum()
+    out = {f"p{p}": int(values[np.searchsorted(cum, p / 100)]) for p in PERCENTILES}
+    out["mean"] = round(float((values * counts).sum() / counts.sum()), 3)
+    out["max"] = int(values[-1])
+    return out
+
+
+def shard_stats(
+    spec: str | Sequence[str], workers: int = 1, progress: Callable[[int, int], None] | None = None
+) -> dict:
+    """Read every sample of ``spec`` once (decoding images) and summarise it as a JSON-able dict."""
+    urls = [u for s in parse_sources(spec) for u in s.urls]
+    total = Counter()
+    skipped: Counter[str] = Counter()
+    words: Counter[int] = Counter()
+    chars: Counter[int] = Counter()
+    formats: Counter[str] = Counter()
+    negs: Counter[int] = Counter()
+    pool = multiprocessing.get_context("fork").Pool(workers) if workers > 1 and len(urls) > 1 else None
+    try:
+        results = pool.imap(_one_shard, urls) if pool else map(_one_shard, urls)
+        for i, r in enumerate(results):
+            total["samples"] += r["samples"]
+            skipped.update(r["skipped"])
+            words.update(r["words"])
+            chars.update(r["chars"])
+            formats.update(r["formats"])
+            negs.update(r["negs"])
+            if progress:
+                progress(i + 1, len(urls))
+    finally:
+        if pool:
+            pool.terminate()
+            pool.join()
+    with_negs = sum(v for k, v in negs.items() if k > 0)
+    return {
+        "spec": spec if isinstance(spec, str) else list(spec),
+        "shards": len(urls),
+        "samples": total["samples"],
+        "skipped": dict(sorted(skipped.items())),
+        "caption_words": _summary(words),
+        "caption_chars": _summary(chars),
+        "image_formats": dict(sorted(formats.items())),
+        "negatives": {"samples_with_negatives": with_negs, "per_sample": _summary(negs)},
+    }
+
+
+def default_workers() -> int:
+    return min(4, os.cpu_count() or 1)

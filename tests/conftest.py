@@ -1,0 +1,79 @@
+"""Shared fixtures: a small shapes world and open_clip's transforms and tokenizer."""
+
+from __future__ import annotations
+
+import io
+import signal
+from contextlib import contextmanager
+from pathlib import Path
+
+import open_clip
+import pytest
+
+from data_pipelines.shapes_world import WorldConfig, generate_world
+from data_pipelines.writer import ShardSink
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+
+
+@pytest.fixture(scope="session")
+def world(tmp_path_factory) -> Path:
+    """400 training samples in 8 shards of 50, plus small zero-shot and compositional sets."""
+    out = tmp_path_factory.mktemp("world") / "shapes"
+    cfg = WorldConfig(train_samples=400, shard_size=50, zeroshot_per_class=2, compositional_per_type=12)
+    generate_world(out, cfg, workers=1, log=lambda _: None)
+    return out
+
+
+@pytest.fixture(scope="session")
+def preprocess():
+    return open_clip.image_transform(32, is_train=False)
+
+
+@pytest.fixture(scope="session")
+def train_preprocess():
+    return open_clip.image_transform(32, is_train=True)
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    return open_clip.get_tokenizer("ViT-B-32")
+
+
+def png(colour=(200, 30, 30), size=8) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (size, size), colour).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def write_shards(folder: Path, samples: list[dict], shard_size: int, pattern: str = "shard-{:06d}.tar") -> list[Path]:
+    """Write ``samples`` (each {"__key__", member: bytes}) as shards; returns the shard paths."""
+    with ShardSink(folder, pattern=pattern, shard_size=shard_size) as sink:
+        for s in samples:
+            sink.write(s["__key__"], {k: v for k, v in s.items() if k != "__key__"})
+    return [folder / name for name in sink.sizes]
+
+
+def simple_samples(n: int, prefix: str = "s") -> list[dict]:
+    return [
+        {"__key__": f"{prefix}{i:05d}", "png": png((i % 256, 0, 0)), "txt": f"caption {i}".encode()} for i in range(n)
+    ]
+
+
+@contextmanager
+def deadline(seconds: int):
+    """Fail instead of hanging: raise if the block runs longer than ``seconds``."""
+
+    def on_alarm(signum, frame):
+        raise TimeoutError(f"still running after {seconds} s: the pipeline hangs")
+
+    old = signal.signal(signal.SIGALRM, on_alarm)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)

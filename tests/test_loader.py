@@ -1,0 +1,281 @@
+"""The streaming loader: coverage per epoch, weights, determinism, exact resume, bad input."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tarfile
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+
+from data_pipelines.loader import DataPipelineError, StreamingLoader
+from data_pipelines.samples import SkipCounter, iter_shard
+from data_pipelines.specs import SpecError
+from tests.conftest import deadline, png, simple_samples, write_shards
+
+
+def loader(spec, preprocess, tokenizer, **kw):
+    kw.setdefault("batch_size", 8)
+    kw.setdefault("epochs", 1)
+    kw.setdefault("drop_last", False)
+    return StreamingLoader(spec, preprocess=preprocess, tokenizer=tokenizer, **kw)
+
+
+def keys_of(batches) -> list[str]:
+    return [k for b in batches for k in b["key"]]
+
+
+def all_train_keys(world: Path) -> list[str]:
+    keys = []
+    for tar in sorted((world / "train").glob("*.tar")):
+        with tarfile.open(tar) as tf:
+            keys += sorted({m.name.split(".")[0] for m in tf.getmembers()})
+    return keys
+
+
+def test_shard_round_trip(tmp_path, preprocess, tokenizer):
+    samples = simple_samples(23)
+    for s in samples:
+        s["json"] = json.dumps({"negatives": [f"not caption {s['__key__']}"]}).encode()
+    paths = write_shards(tmp_path, samples, shard_size=10)
+    assert [p.name for p in paths] == ["shard-000000.tar", "shard-000001.tar", "shard-000002.tar"]
+    assert json.loads((tmp_path / "sizes.json").read_text()) == {
+        p.name: n for p, n in zip(paths, (10, 10, 3), strict=True)
+    }
+    counter = SkipCounter()
+    read = [s for p in paths for s in iter_shard(str(p), counter)]
+    assert [{k: v for k, v in s.items() if not k.startswith("__url")} for s in read] == samples
+    assert not counter.counts
+    batches = list(loader(str(tmp_path), preprocess, tokenizer, shuffle_buffer=0, num_negatives=1))
+    assert keys_of(batches) == [s["__key__"] for s in samples]
+    first = batches[0]
+    assert torch.equal(first["text"], tokenizer([f"caption {i}" for i in range(8)]))
+    assert torch.equal(first["neg_text"][:, 0], tokenizer([f"not caption s{i:05d}" for i in range(8)]))
+    assert first["image"].shape == (8, 3, 32, 32)
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_split_mode_sees_every_sample_once_per_epoch(world, preprocess, tokenizer, num_workers):
+    expected = all_train_keys(world)
+    per_epoch: dict[int, list[str]] = {0: [], 1: []}
+    for rank in range(2):  # 2 ranks x 2 workers
+        ld = loader(world / "train", preprocess, tokenizer, rank=rank, world_size=2, num_workers=num_workers, epochs=2)
+        for batch in ld:
+            per_epoch[ld.epoch] += batch["key"]
+    for keys in per_epoch.values():
+        assert len(keys) == len(expected) and sorted(keys) == expected
+    assert per_epoch[0] != per_epoch[1]  # shards and samples are reshuffled each epoch
+
+
+def test_resampled_mode_follows_source_weights(tmp_path, preprocess, tokenizer):
+    write_shards(tmp_path / "a", simple_samples(40, "a"), shard_size=5)
+    write_shards(tmp_path / "b", simple_samples(40, "b"), shard_size=5)
+    spec = f"{tmp_path / 'a'}::{tmp_path / 'b'}"
+    ld = loader(spec, preprocess, tokenizer, mode="resampled", weights=[1, 3], epoch_samples=4000, batch_size=50)
+    origin = Counter(k[0] for k in keys_of(ld))
+    share_b = origin["b"] / sum(origin.values())
+    assert sum(origin.values()) == 4000
+    assert abs(share_b - 0.75) < 0.05, origin
+    with pytest.raises(ValueError, match="resampled"):
+        loader(spec, preprocess, tokenizer, weights=[1, 3])
+
+
+def test_same_seed_same_stream_other_seed_other_order(world, train_preprocess, tokenizer):
+    def run(seed):
+        batches = list(loader(world / "train", train_preprocess, tokenizer, seed=seed, num_workers=2))
+        return keys_of(batches), torch.cat([b["image"] for b in batches])
+
+    keys_a, images_a = run(0)
+    keys_b, images_b = run(0)
+    keys_c, _ = run(1)
+    assert keys_a == keys_b and torch.equal(images_a, images_b)  # augmentation included
+    assert keys_c != keys_a and sorted(keys_c) == sorted(keys_a)
+
+
+@pytest.mark.parametrize("num_workers,consumed", [(0, 7), (2, 9), (3, 4), (2, 35)])
+def test_resume_mid_epoch_yields_exactly_the_rest(world, train_preprocess, tokenizer, num_workers, consumed):
+    # 8 shards on 3 workers is uneven; 35 batches of 16 cross into the second epoch (25 per epoch).
+    def make():
+        return loader(
+            world / "train",
+            train_preprocess,
+            tokenizer,
+            num_workers=num_workers,
+            epochs=2,
+            batch_size=16,
+            shuffle_buffer=100,
+        )
+
+    full = list(make())
+    first = make()
+    it = iter(first)
+    head = [next(it) for _ in range(consumed)]
+    state = json.loads(json.dumps(first.state_dict()))  # it must survive a JSON checkpoint
+    assert keys_of(head) == keys_of(full[:consumed])
+    resumed = make()
+    resumed.load_state_dict(state)
+    rest = list(resumed)
+    assert keys_of(rest) == keys_of(full[consumed:])
+    for a, b in zip(rest, full[consumed:], strict=True):
+        assert torch.equal(a["image"], b["image"])
+    with pytest.raises(DataPipelineError, match="num_workers"):
+        loader(world / "train", train_preprocess, tokenizer, num_workers=num_workers + 1).load_state_dict(state)
+
+
+def test_negatives_as_padded_tokens_with_mask(world, preprocess, tokenizer):
+    records = {}
+    for tar in (world / "train").glob("*.tar"):
+        with tarfile.open(tar) as tf:
+            for m in tf.getmembers():
+                if m.name.endswith(".json"):
+                    records[m.name[:-5]] = json.loads(tf.extractfile(m).read())
+    k = 3
+    batch = next(iter(loader(world / "train", preprocess, tokenizer, num_negatives=k, batch_size=32)))
+    assert batch["neg_text"].shape == (32, k, 77) and batch["neg_mask"].shape == (32, k)
+    short = 0
+    for i, key in enumerate(batch["key"]):
+        negs = [n["text"] for n in records[key]["negatives"]]
+        assert batch["neg_mask"][i].tolist() == [j < len(negs) for j in range(k)]
+        for j in range(min(k, len(negs))):
+            got = batch["neg_text"][i, j]
+            assert any(torch.equal(got, tokenizer([t])[0]) for t in negs)  # one of this sample's own negatives
+        if len(negs) < k:
+            short += 1
+            assert torch.equal(batch["neg_text"][i, len(negs)], tokenizer([""])[0])
+    assert short > 0  # single-object scenes have fewer than 3 negatives
+
+
+def _broken_dataset(folder: Path) -> dict:
+    """Good shards plus every kind of bad input; returns the expected good keys and skip counts."""
+    good = simple_samples(30, "g")
+    bad = [
+        {"__key__": "b_corrupt1", "png": b"\x89PNG not really", "txt": b"broken image"},
+        {"__key__": "b_corrupt2", "jpg": b"\xff\xd8 garbage", "txt": b"broken jpeg"},
+        {"__key__": "b_corrupt3", "png": png()[:40], "txt": b"cut image"},
+        {"__key__": "b_nocap", "png": png()},
+        {"__key__": "b_emptycap", "png": png(), "txt": b"   \n"},
+        {"__key__": "b_noimage", "txt": b"caption without image"},
+        {"__key__": "b_badjson", "png": png(), "txt": b"ok", "json": b"{not json"},
+    ]
+    mixed = good[:20] + bad
+    mixed = [mixed[i] for i in (0, 20, 1, 21, 2, 22, 3, 23, 4, 24, 5, 25, 6, 26)] + mixed[7:20]
+    write_shards(folder, mixed, shard_size=10)
+    # A truncated shard: the first samples survive, the cut one and the rest are lost.
+    trunc_dir = folder / "t"
+    write_shards(trunc_dir, good[20:], shard_size=10)
+    data = (trunc_dir / "shard-000000.tar").read_bytes()
+    (folder / "shard-truncated.tar").write_bytes(data[: len(data) * 6 // 10])
+    (folder / "shard-garbage.tar").write_bytes(b"this is not a tar file at all" * 40)
+    (folder / "shard-empty.tar").write_bytes(b"")
+    return {
+        "good": [s["__key__"] for s in mixed if s["__key__"].startswith("g")],
+        "truncated": [s["__key__"] for s in good[20:]],
+        "skipped": {
+            "corrupt_image": 3,
+            "missing_caption": 2,
+            "missing_image": 1,
+            "bad_json": 1,
+            "unreadable_shard": 2,
+            "truncated_shard": 1,
+        },
+    }
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_bad_input_is_skipped_counted_and_logged_once(tmp_path, preprocess, tokenizer, caplog, num_workers):
+    expected = _broken_dataset(tmp_path)
+    with caplog.at_level(logging.WARNING, logger="data_pipelines"), deadline(60):
+        ld = loader(tmp_path, preprocess, tokenizer, num_workers=num_workers)  # every .tar in the folder
+        keys = keys_of(ld)
+    recovered = [k for k in keys if k in expected["truncated"]]
+    assert sorted(k for k in keys if k not in expected["truncated"]) == sorted(expected["good"])
+    assert 0 < len(recovered) < len(expected["truncated"])
+    assert ld.skipped == expected["skipped"]
+    if num_workers == 0:  # worker processes log to their own stderr
+        messages = [r.getMessage() for r in caplog.records]
+        assert sum("corrupt_image" in m for m in messages) == 1
+
+
+def test_everything_filtered_fails_fast(tmp_path, preprocess, tokenizer):
+    write_shards(tmp_path, [{"__key__": f"k{i}", "txt": b"no image here"} for i in range(40)], shard_size=10)
+    with deadline(60):
+        with pytest.raises(DataPipelineError, match="missing_image"):
+            list(loader(tmp_path, preprocess, tokenizer, num_workers=2))
+        with pytest.raises(DataPipelineError, match="in a row"):
+            list(loader(tmp_path, preprocess, tokenizer, mode="resampled", max_consecutive_skips=25))
+    garbage = tmp_path / "garbage"
+    garbage.mkdir()
+    (garbage / "a.tar").write_bytes(b"not a tar" * 100)
+    with deadline(60), pytest.raises(DataPipelineError, match="shard draws"):
+        list(loader(garbage, preprocess, tokenizer, mode="resampled"))
+
+
+def test_wrong_paths_are_clear_errors(tmp_path, preprocess, tokenizer):
+    with pytest.raises(SpecError, match="matches no file"):
+        loader(str(tmp_path / "nothing-{000..003}.tar"), preprocess, tokenizer)
+    with pytest.raises(SpecError, match="no .tar shards"):
+        loader(tmp_path, preprocess, tokenizer)
+    write_shards(tmp_path, simple_samples(5), shard_size=5)
+    with pytest.raises(SpecError, match="1 of 2 shards do not exist"):
+        loader(str(tmp_path / "shard-{000000..000001}.tar"), preprocess, tokenizer)
+    with pytest.raises(DataPipelineError, match="cannot feed 2 ranks"):
+        loader(tmp_path, preprocess, tokenizer, rank=0, world_size=2)
+
+
+def test_pipe_file_and_fsspec_urls(tmp_path, preprocess, tokenizer):
+    import fsspec
+
+    write_shards(tmp_path, simple_samples(12), shard_size=6)
+    local = keys_of(loader(str(tmp_path / "shard-{000000..000001}.tar"), preprocess, tokenizer, shuffle_buffer=0))
+    piped = loader(f"pipe:cat {tmp_path}/shard-{{000000..000001}}.tar", preprocess, tokenizer, shuffle_buffer=0)
+    assert keys_of(piped) == local
+    as_url = loader(f"file://{tmp_path}/shard-{{000000..000001}}.tar", preprocess, tokenizer, shuffle_buffer=0)
+    assert keys_of(as_url) == local
+    memory = fsspec.filesystem("memory")
+    for name in ("shard-000000.tar", "shard-000001.tar"):
+        memory.pipe(f"/vlp-test/{name}", (tmp_path / name).read_bytes())
+    remote = loader("memory://vlp-test/shard-{000000..000001}.tar", preprocess, tokenizer, shuffle_buffer=0)
+    assert keys_of(remote) == local
+    failing = loader(f"pipe:cat {tmp_path}/missing.tar::{tmp_path}", preprocess, tokenizer)
+    assert sorted(keys_of(failing)) == sorted(local) and failing.skipped == {"unreadable_shard": 1}
+
+
+def test_reads_img2dataset_output_as_is(tmp_path, preprocess, tokenizer):
+    from PIL import Image
+
+    samples = []
+    for i in range(9):
+        import io
+
+        buf = io.BytesIO()
+        Image.new("RGB", (20, 14), (i * 20, 100, 50)).save(buf, format="JPEG")
+        meta = {
+            "url": f"http://example.com/{i}.jpg",
+            "caption": f"photo {i}",
+            "key": f"{i:09d}",
+            "status": "success",
+            "error_message": None,
+            "width": 20,
+            "height": 14,
+            "original_width": 640,
+            "original_height": 480,
+        }
+        samples.append(
+            {
+                "__key__": f"{i:09d}",
+                "jpg": buf.getvalue(),
+                "txt": f"photo {i}".encode(),
+                "json": json.dumps(meta).encode(),
+            }
+        )
+    write_shards(tmp_path, samples, shard_size=5, pattern="{:05d}.tar")
+    os.remove(tmp_path / "sizes.json")
+    for n in range(2):  # img2dataset writes these beside every shard
+        (tmp_path / f"{n:05d}.parquet").write_bytes(b"PAR1 not read by the loader PAR1")
+        (tmp_path / f"{n:05d}_stats.json").write_text(json.dumps({"count": 5, "successes": 5}))
+    ld = loader(tmp_path, preprocess, tokenizer, shuffle_buffer=0)
+    assert keys_of(ld) == [s["__key__"] for s in samples] and not ld.skipped
