@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import math
 import random
+import signal
 import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -56,6 +57,13 @@ def _default_rank_world() -> tuple[int, int]:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()
     return 0, 1
+
+
+def _leave_signals_to_the_parent(_worker_id: int) -> None:
+    # Ctrl-C and preemption reach the whole process group; the trainer handles them at a step
+    # boundary, and a worker that died of them would break the step in progress.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 @dataclass
@@ -377,7 +385,13 @@ class StreamingLoader:
         workers = max(1, self.num_workers)
         ds.rotation = self._next_worker % workers
         if self.num_workers:
-            loader = DataLoader(ds, batch_size=None, num_workers=self.num_workers, prefetch_factor=self.prefetch_factor)
+            loader = DataLoader(
+                ds,
+                batch_size=None,
+                num_workers=self.num_workers,
+                prefetch_factor=self.prefetch_factor,
+                worker_init_fn=_leave_signals_to_the_parent,
+            )
         else:
             loader = ds
         for batch, meta in loader:

@@ -1,0 +1,74 @@
+"""The config tree: overrides, types, and bad configs refused with the key named (exit code 2)."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import REPO
+from vlp.config import ConfigError, load_config, to_yaml
+from vlp.train import main as vlp_train
+
+
+def test_yaml_plus_overrides(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("output_dir: runs/x\ntrain:\n  max_steps: 10\ndata:\n  train: shards/\n")
+    cfg = load_config(recipe, ["train.max_steps=20", "train.lr=1e-4", "objective.terms={clip: 0.5}"])
+    assert cfg.train.max_steps == 20 and cfg.train.lr == pytest.approx(1e-4)
+    assert cfg.objective.terms == {"clip": 0.5} and cfg.data.train == "shards/"
+    assert "max_steps: 20" in to_yaml(cfg)
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (["train.max_step=5"], "unknown config key 'train.max_step' (did you mean 'train.max_steps'?)"),
+        (["trian.max_steps=5"], "unknown config key 'trian'"),
+        (["train.max_steps=ten"], "train.max_steps: expected an integer, got 'ten'"),
+        (["train.batch_size=1.5"], "train.batch_size: expected an integer"),
+        (["train.lr=fast"], "train.lr: expected a number"),
+        (["model.lock_image=maybe"], "model.lock_image: expected true or false"),
+        (["train.precision=fp8"], "train.precision: must be one of fp32, bf16, fp16"),
+        (["train.batch_size=0"], "train.batch_size: must be at least 1"),
+        (["objective.terms={clpi: 1.0}"], "objective.terms.clpi: unknown term (did you mean 'clip'?)"),
+        (["objective.terms={clip: -1}"], "objective.terms.clip: weight must not be negative"),
+        (["data.train="], "data.train: no training data"),
+        (["train.resume=/no/such/checkpoint"], "train.resume: '/no/such/checkpoint' is neither 'latest'"),
+        (["data.mode=random"], "data.mode: must be one of split, resampled"),
+        (["train"], "must look like key.sub=value"),
+        (["train=3"], "train: expected a section"),
+    ],
+)
+def test_bad_overrides_name_the_key(overrides, message):
+    with pytest.raises(ConfigError) as info:
+        load_config(None, ["data.train=somewhere/", *overrides])
+    assert message in str(info.value)
+
+
+def test_cli_refuses_bad_configs_before_writing_anything(tmp_path, capsys):
+    out = tmp_path / "run"
+    bad_yaml = tmp_path / "bad.yaml"
+    bad_yaml.write_text("train: [unclosed\n")
+    cases = [
+        ["--config", str(tmp_path / "missing.yaml")],
+        ["--config", str(bad_yaml)],
+        [f"output_dir={out}", "data.train=somewhere/", "train.max_steps=-1"],
+        [f"output_dir={out}", f"data.train={tmp_path}/nothing-{{0..3}}.tar"],
+        [f"output_dir={out}", "data.train=x", "model.name=configs/models/nope.json", "train.bogus=1"],
+    ]
+    for argv in cases:
+        assert vlp_train(argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("vlp-train: config error:"), err
+    assert "matches no file" in vlp_train_err(capsys, [f"output_dir={out}", f"data.train={tmp_path}/no-{{0..3}}.tar"])
+    assert not out.exists()
+
+
+def vlp_train_err(capsys, argv) -> str:
+    assert vlp_train(argv) == 2
+    return capsys.readouterr().err
+
+
+def test_print_config_shows_the_resolved_tree(capsys):
+    assert vlp_train(["--config", str(REPO / "configs/demo.yaml"), "train.max_steps=7", "--print-config"]) == 0
+    out = capsys.readouterr().out
+    assert "max_steps: 7" in out and "shapes_world: data/shapes" in out

@@ -1,0 +1,235 @@
+"""The trainer end to end: 2-process DeepSpeed ZeRO-2 on CPU against one process with twice the
+batch, exact resume, SIGTERM, non-finite steps, and the export as open_clip sees it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import open_clip
+import pytest
+import torch
+
+from data_pipelines.shapes_world import WorldConfig, generate_world
+from tests.conftest import REPO
+from vlp.checkpoint import list_checkpoints
+from vlp.export import checkpoint_state_dict
+
+pytestmark = pytest.mark.slow
+BIN = Path(sys.executable).parent
+MAX_STEPS = 12
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> Path:
+    """400 samples in shards of 8: with batch 8 per rank and no shuffle buffer, 2 ranks x 8 read the
+    same samples per step as 1 rank x 16 (rank r takes shard r of each pair)."""
+    out = tmp_path_factory.mktemp("trainworld") / "shapes"
+    cfg = WorldConfig(train_samples=400, shard_size=8, zeroshot_per_class=1, compositional_per_type=1)
+    generate_world(out, cfg, workers=1, log=lambda _: None)
+    return out / "train"
+
+
+def common(shards: Path, out: Path) -> list[str]:
+    return [
+        f"output_dir={out}",
+        f"data.train={shards}",
+        "data.workers=0",
+        "data.shuffle_buffer=0",
+        "train.batch_size=8",
+        f"train.max_steps={MAX_STEPS}",
+        "train.lr=2e-3",
+        "train.warmup_steps=2",
+        "train.precision=fp32",
+        "train.log_every=1",
+        "train.save_every=1",
+        "train.keep_last=20",
+        "train.threads=1",
+    ]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch_cmd(launch_config: str, overrides: list[str]) -> list[str]:
+    return [
+        str(BIN / "accelerate"),
+        "launch",
+        "--config_file",
+        str(REPO / "launch" / "accelerate" / launch_config),
+        "--main_process_port",
+        str(free_port()),
+        "-m",
+        "vlp.train",
+        *overrides,
+    ]
+
+
+def run(cmd: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    return proc
+
+
+def metrics(out: Path) -> dict[int, dict]:
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r for r in records}
+
+
+def weights(checkpoint: Path) -> dict[str, torch.Tensor]:
+    return checkpoint_state_dict(checkpoint)
+
+
+def max_diff(a: dict, b: dict) -> float:
+    assert a.keys() == b.keys()
+    return max((a[k] - b[k]).abs().max().item() for k in a)
+
+
+@pytest.fixture(scope="module")
+def zero2_run(shards, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("zero2") / "run"
+    proc = run(launch_cmd("cpu_deepspeed_zero2.yaml", common(shards, out)))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    assert "DeepSpeed ZeRO-2, 2 process(es)" in proc.stdout
+    return out
+
+
+def test_zero2_run_completes_checkpoints_and_exports(zero2_run, shards):
+    steps = [s for s, _ in list_checkpoints(zero2_run)]
+    assert steps == list(range(1, MAX_STEPS + 1))
+    assert sorted(metrics(zero2_run)) == list(range(1, MAX_STEPS + 1))
+    summary = json.loads((zero2_run / "summary.json").read_text())
+    assert summary["steps"] == MAX_STEPS and summary["skipped_steps"] == 0
+    # The export is an open_clip local dir, and it holds the trainer's final weights.
+    model, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{zero2_run / 'export'}")
+    tokenizer = open_clip.get_tokenizer(f"local-dir:{zero2_run / 'export'}")
+    assert model.logit_scale.ndim == 0  # open_clip's default layout
+    trained = weights(zero2_run / "checkpoints" / f"step_{MAX_STEPS}")
+    exported = {k: v.reshape(trained[k].shape) for k, v in model.state_dict().items()}
+    assert max_diff(trained, exported) == 0.0
+    from vlp.config import ModelConfig
+    from vlp.model import build_model
+
+    ours = build_model(ModelConfig(name=str(REPO / "configs/models/vlp-tiny.json"))).model
+    ours.load_state_dict(trained)
+    ours.eval()
+    model.eval()
+    from PIL import Image
+
+    images = torch.stack([preprocess(Image.new("RGB", (64, 64), c)) for c in ((200, 30, 30), (30, 30, 200))])
+    texts = tokenizer(["a red circle", "a blue square to the left of a green star"])
+    with torch.no_grad():
+        assert torch.allclose(ours.encode_image(images), model.encode_image(images), atol=1e-6)
+        assert torch.allclose(ours.encode_text(texts), model.encode_text(texts), atol=1e-6)
+
+
+@pytest.mark.parametrize("how", ["single", "ddp"])
+def test_two_ranks_match_one_rank_with_twice_the_batch(zero2_run, shards, tmp_path, how):
+    out = tmp_path / how
+    if how == "single":  # one process, no launcher, batch 16
+        cmd = [str(BIN / "vlp-train"), *common(shards, out), "train.batch_size=16"]
+    else:  # 2 ranks x 8 under plain DDP: the other distributed path through the same code
+        cmd = launch_cmd("cpu_ddp.yaml", common(shards, out))
+    proc = run(cmd)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    ref, got = metrics(zero2_run), metrics(out)
+    assert abs(ref[1]["loss"] - got[1]["loss"]) < 1e-5
+    step1 = max_diff(weights(zero2_run / "checkpoints" / "step_1"), weights(out / "checkpoints" / "step_1"))
+    assert step1 < 1e-5
+
+
+def test_resume_from_step_k_logs_the_same_losses(zero2_run, shards, tmp_path):
+    out = tmp_path / "resumed"  # another output_dir
+    ckpt = zero2_run / "checkpoints" / "step_5"
+    proc = run(launch_cmd("cpu_deepspeed_zero2.yaml", [*common(shards, out), f"train.resume={ckpt}"]))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    ref, got = metrics(zero2_run), metrics(out)
+    assert sorted(got) == list(range(6, MAX_STEPS + 1))
+    for step in got:
+        assert abs(ref[step]["loss"] - got[step]["loss"]) <= 1e-6, (step, ref[step]["loss"], got[step]["loss"])
+        assert ref[step]["lr"] == got[step]["lr"]
+
+
+def test_sigterm_saves_at_the_step_boundary_and_resume_continues(zero2_run, shards, tmp_path):
+    out = tmp_path / "preempted"
+    overrides = [*common(shards, out), "debug.step_sleep=0.5", "train.save_every=100"]
+    proc = subprocess.Popen(
+        launch_cmd("cpu_deepspeed_zero2.yaml", overrides),
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if (out / "metrics.jsonl").is_file() and len(metrics(out)) >= 3:
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, "the run ended before it could be interrupted"
+    os.killpg(proc.pid, signal.SIGTERM)  # as a cluster or Ctrl-C does: the whole process group
+    output, _ = proc.communicate(timeout=120)
+    assert "stopped by a signal" in output, output[-4000:]
+    ((stopped_at, ckpt),) = list_checkpoints(out)
+    assert 3 <= stopped_at < MAX_STEPS and max(metrics(out)) == stopped_at
+    resumed = run(launch_cmd("cpu_deepspeed_zero2.yaml", [*common(shards, out), "train.resume=latest"]))
+    assert resumed.returncode == 0, resumed.stderr[-5000:]
+    ref, got = metrics(zero2_run), metrics(out)
+    assert sorted(got) == list(range(1, MAX_STEPS + 1))
+    for step in range(1, MAX_STEPS + 1):
+        assert abs(ref[step]["loss"] - got[step]["loss"]) <= 1e-6, step
+
+
+def test_nonfinite_steps_never_reach_the_weights(shards, tmp_path):
+    out = tmp_path / "nan"
+    overrides = [
+        *common(shards, out),
+        "debug.nonfinite_loss_steps=[2, 5, 6, 7]",
+        "debug.nonfinite_grad_steps=[3]",
+        "train.max_nonfinite_steps=3",
+    ]
+    proc = run(launch_cmd("cpu_deepspeed_zero2.yaml", overrides))
+    assert proc.returncode != 0
+    assert "3 steps in a row had a non-finite loss or gradient" in proc.stderr + proc.stdout
+    assert "The last good checkpoint is step_6" in proc.stderr + proc.stdout
+    steps = [s for s, _ in list_checkpoints(out)]
+    assert steps == [1, 2, 3, 4, 5, 6]
+    w = {s: weights(out / "checkpoints" / f"step_{s}") for s in steps}
+    assert max_diff(w[1], w[2]) == 0.0  # non-finite loss at step 2: skipped
+    assert max_diff(w[2], w[3]) == 0.0  # non-finite gradient at step 3: skipped by the optimizer
+    assert max_diff(w[3], w[4]) > 0.0  # step 4 trains
+    assert max_diff(w[4], w[6]) == 0.0
+    assert all(torch.isfinite(v).all() for v in w[6].values())
+    logged = metrics(out)
+    assert logged[3]["skipped_steps"] == 2 and logged[6]["skipped_steps"] == 4
+
+
+def test_bf16_zero2_clamps_the_logit_scale_in_the_master_weights(shards, tmp_path):
+    """bf16 under ZeRO-2 (the demo's setting), an inline architecture whose logit scale starts above
+    ln 100: the clamp must hold in DeepSpeed's fp32 master copy, or the next step would undo it."""
+    arch = json.loads((REPO / "configs/models/vlp-tiny.json").read_text())
+    arch["init_logit_scale"] = 5.0  # exp(5) = 148
+    out = tmp_path / "bf16"
+    overrides = [
+        *common(shards, out),
+        "train.precision=bf16",
+        "train.max_steps=4",
+        "train.save_every=4",
+        "model.name=tiny-inline",
+        f"model.arch={json.dumps(arch)}",
+    ]
+    proc = run(launch_cmd("cpu_deepspeed_zero2.yaml", overrides))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    assert "precision bf16" in proc.stdout
+    scales = [r["logit_scale"] for r in metrics(out).values()]
+    assert len(scales) == 4 and all(s <= 100.0 + 1e-3 for s in scales), scales
+    master = weights(out / "checkpoints" / "step_4")["logit_scale"]
+    assert 4.55 < master.item() <= 4.6052  # unclamped it would be about 5

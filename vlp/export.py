@@ -1,0 +1,91 @@
+"""Export a checkpoint as an open_clip local dir: ``open_clip_config.json`` + ``open_clip_model.safetensors``.
+
+``open_clip.create_model_and_transforms("local-dir:DIR")`` loads the result, and so does
+CLIP_benchmark (``--model local-dir:DIR --pretrained ''``). Weights are fp32: from DeepSpeed ZeRO
+checkpoints the fp32 master copy is reassembled from the partitions (``zero_to_fp32``), so a bf16 run
+exports its full-precision weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+CONFIG_NAME = "open_clip_config.json"
+WEIGHTS_NAME = "open_clip_model.safetensors"
+DS_TAG = "pytorch_model"  # the tag accelerate gives DeepSpeed checkpoints of its first model
+
+
+def checkpoint_state_dict(checkpoint: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """fp32 model weights from a checkpoint written by vlp's trainer (any accelerate backend)."""
+    ckpt = Path(checkpoint)
+    ds_dir = ckpt / DS_TAG
+    if ds_dir.is_dir():
+        if any(ds_dir.glob("*zero_pp_rank_*optim_states.pt")):  # ZeRO 1-3 (bf16_ prefix in bf16 runs)
+            from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+            state = get_fp32_state_dict_from_zero_checkpoint(str(ckpt), tag=DS_TAG)
+        else:  # ZeRO stage 0: the engine saved the module itself (our own resume state, not foreign input)
+            blob = torch.load(ds_dir / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)
+            state = blob["module"]
+    elif (ckpt / "model.safetensors").is_file():
+        state = load_file(ckpt / "model.safetensors")
+    elif (ckpt / "pytorch_model.bin").is_file():
+        state = torch.load(ckpt / "pytorch_model.bin", map_location="cpu", weights_only=True)
+    else:
+        raise FileNotFoundError(f"{ckpt} holds no model weights (no {DS_TAG}/, model.safetensors or pytorch_model.bin)")
+    return {k: v.detach().float().contiguous().clone() for k, v in state.items()}
+
+
+def export_state(state: dict[str, torch.Tensor], open_clip_config: dict, out: str | os.PathLike) -> Path:
+    """Write an open_clip local dir atomically (built beside ``out``, then renamed)."""
+    out = Path(out)
+    state = dict(state)
+    for key in ("logit_scale", "logit_bias"):  # open_clip's default is a 0-dim parameter
+        if key in state and state[key].numel() == 1:
+            state[key] = state[key].reshape(())
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file(state, tmp / WEIGHTS_NAME)
+    (tmp / CONFIG_NAME).write_text(json.dumps(open_clip_config, indent=2) + "\n")
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+    return out
+
+
+def export_checkpoint(checkpoint: str | os.PathLike, out: str | os.PathLike) -> Path:
+    ckpt = Path(checkpoint)
+    config_path = ckpt / CONFIG_NAME
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{ckpt} is not a vlp checkpoint (no {CONFIG_NAME})")
+    return export_state(checkpoint_state_dict(ckpt), json.loads(config_path.read_text()), out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="vlp-export",
+        description="Export a vlp checkpoint (OUTPUT/checkpoints/step_N) as an open_clip local dir.",
+    )
+    p.add_argument("checkpoint", help="checkpoint directory, e.g. runs/demo/checkpoints/step_600")
+    p.add_argument("--out", required=True, help="output directory (replaced if it exists)")
+    args = p.parse_args(argv)
+    try:
+        out = export_checkpoint(args.checkpoint, args.out)
+    except (FileNotFoundError, ValueError, KeyError) as exn:
+        print(f"vlp-export: error: {exn}", file=sys.stderr)
+        return 2
+    print(f"exported {args.checkpoint} -> {out} (load with open_clip.create_model_and_transforms('local-dir:{out}'))")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

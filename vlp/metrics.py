@@ -1,0 +1,85 @@
+"""Rank-0 logging: ``metrics.jsonl`` (one object per logged step), TensorBoard, and a progress line."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(max(0, seconds))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
+
+
+class MetricsLogger:
+    """Writes only on the main process; other ranks get a logger that does nothing."""
+
+    def __init__(self, output_dir: str | Path, total_steps: int, enabled: bool, start_step: int = 0):
+        self.enabled = enabled
+        self.total = total_steps
+        self.start_step = start_step
+        self.started = time.perf_counter()
+        self._bar = None
+        self._file = None
+        self._tb = None
+        if not enabled:
+            return
+        out = Path(output_dir)
+        self._file = open(out / "metrics.jsonl", "a", buffering=1)
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(str(out / "tensorboard"))
+        except ImportError:  # tensorboard is a dependency, but a missing one must not stop training
+            self._tb = None
+        if sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True)
+
+    def eta(self, step: int) -> float:
+        done = step - self.start_step
+        if done <= 0:
+            return float("nan")
+        return (time.perf_counter() - self.started) / done * (self.total - step)
+
+    def step(self, step: int, record: dict, log: bool) -> None:
+        if not self.enabled:
+            return
+        if self._bar is not None:
+            self._bar.update(step - self._bar.n)
+            self._bar.set_postfix(loss=f"{record['loss']:.4f}", sps=f"{record['samples_per_s']:.0f}", refresh=False)
+        if not log:
+            return
+        self._file.write(json.dumps(record) + "\n")
+        if self._tb is not None:
+            for key, value in record.items():
+                if key != "step" and isinstance(value, (int, float)):
+                    self._tb.add_scalar(f"train/{key}", value, step)
+        if self._bar is None:
+            print(
+                f"step {step}/{self.total}  loss {record['loss']:.4f}  lr {record['lr']:.2e}  "
+                f"scale {record['logit_scale']:.1f}  {record['samples_per_s']:.0f} samples/s  "
+                f"ETA {_duration(self.eta(step)) if step > self.start_step else '?'}",
+                flush=True,
+            )
+
+    def message(self, text: str) -> None:
+        if not self.enabled:
+            return
+        if self._bar is not None:
+            self._bar.write(text)
+        else:
+            print(text, flush=True)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+        if self._tb is not None:
+            self._tb.close()
+        if self._file is not None:
+            self._file.close()

@@ -1,0 +1,95 @@
+"""Build the dual encoder: any open_clip model, from a name, a JSON architecture, inline, or a local dir."""
+
+from __future__ import annotations
+
+import json
+import math
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import open_clip
+import torch
+
+from .config import ConfigError, ModelConfig
+
+MAX_LOGIT_SCALE = math.log(100.0)
+
+
+@dataclass
+class BuiltModel:
+    model: torch.nn.Module
+    preprocess_train: Callable
+    preprocess_val: Callable
+    tokenizer: Callable
+    open_clip_config: dict  # {"model_cfg", "preprocess_cfg"}: what an export needs to rebuild the model
+
+
+def _register(cfg: ModelConfig) -> str:
+    """The open_clip name to build; registers JSON or inline architectures with open_clip."""
+    if cfg.arch is not None:
+        name = Path(cfg.name).stem if cfg.name.endswith(".json") else cfg.name
+        folder = Path(tempfile.mkdtemp(prefix="vlp-arch-"))
+        (folder / f"{name}.json").write_text(json.dumps(cfg.arch))
+        open_clip.add_model_config(folder / f"{name}.json")
+        return name
+    if cfg.name.endswith(".json"):
+        path = Path(cfg.name)
+        if not path.is_file():
+            raise ConfigError(f"model.name: architecture file {path} does not exist")
+        try:
+            json.loads(path.read_text())
+        except ValueError as exn:
+            raise ConfigError(f"model.name: {path} is not valid JSON ({exn})") from None
+        open_clip.add_model_config(path)
+        return path.stem
+    if cfg.name.startswith("local-dir:"):
+        return cfg.name
+    if open_clip.get_model_config(cfg.name) is None:
+        raise ConfigError(f"model.name: {cfg.name!r} is not an open_clip model, a .json architecture or local-dir:PATH")
+    return cfg.name
+
+
+def build_model(cfg: ModelConfig, augment: bool = True) -> BuiltModel:
+    """Create the model with a [1]-shaped logit scale (DeepSpeed 0.19.8 cannot broadcast 0-dim
+    parameters), its open_clip transforms and tokenizer, and apply tower locking and checkpointing."""
+    name = _register(cfg)
+    pretrained = cfg.pretrained or None
+    model, preprocess_train, preprocess_val = open_clip.create_model_and_transforms(
+        name, pretrained=pretrained, output_dict=True, nonscalar_logit_scale=True, weights_only=True
+    )
+    if cfg.lock_image:
+        model.lock_image_tower()
+    if cfg.lock_text:
+        model.lock_text_tower()
+    if cfg.grad_checkpointing:
+        model.set_grad_checkpointing(True)
+    model_cfg = (
+        open_clip.get_model_config(name)
+        if not name.startswith("local-dir:")
+        else json.loads((Path(name[len("local-dir:") :]) / "open_clip_config.json").read_text())["model_cfg"]
+    )
+    preprocess_cfg = open_clip.get_model_preprocess_cfg(model)
+    return BuiltModel(
+        model=model,
+        preprocess_train=preprocess_train if augment else preprocess_val,
+        preprocess_val=preprocess_val,
+        tokenizer=open_clip.get_tokenizer(name),
+        open_clip_config={"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg},
+    )
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW groups: decay on weights with >= 2 dimensions; none on biases, norms and the scale."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (decay if p.ndim >= 2 else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return total, trainable

@@ -1,0 +1,466 @@
+"""The training loop.
+
+    accelerate launch [--config_file launch/accelerate/NAME.yaml] -m vlp.train \
+        --config configs/RECIPE.yaml [key=value ...]
+    vlp-train --config configs/RECIPE.yaml [key=value ...]      # one process, no launcher
+
+accelerate sets up the processes and, when its config says so, DeepSpeed ZeRO (stage 0-3) and mixed
+precision; this module owns the step: forward, the objective over the global batch, a guarded
+backward/step that never lets a non-finite loss or gradient reach the weights, the logit-scale clamp,
+logging, checkpoints with exact resume, graceful stop on SIGTERM/SIGINT, and the final export.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+from .config import Config, ConfigError, load_config, to_dict, to_yaml
+
+log = logging.getLogger("vlp.train")
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+class TrainingError(RuntimeError):
+    """The run cannot continue; the message says why and what is left on disk."""
+
+
+def _threads(cfg: Config) -> int:
+    if cfg.train.threads:
+        return cfg.train.threads
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    return max(1, (os.cpu_count() or 1) // local)
+
+
+def _make_accelerator(cfg: Config):
+    from accelerate import Accelerator
+    from accelerate.utils import InitProcessGroupKwargs
+
+    launched = "WORLD_SIZE" in os.environ or "RANK" in os.environ  # by accelerate/torchrun, even with 1 process
+    cpu_only = not torch.cuda.is_available()
+    deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+    # Without CUDA there is no NCCL: DeepSpeed and DDP run over gloo (verified on CPU). accelerate
+    # starts CPU DDP through the same torchrun launcher as GPU DDP and needs cpu=True to pick it.
+    handlers = [InitProcessGroupKwargs(backend="gloo")] if launched and cpu_only else []
+    precision = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[cfg.train.precision]
+    return Accelerator(mixed_precision=precision, kwargs_handlers=handlers, cpu=cpu_only and not deepspeed)
+
+
+class Trainer:
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        self.stop_signal: int | None = None
+
+    # ------------------------------------------------------------------ setup
+
+    def _on_signal(self, signum, _frame) -> None:
+        if self.stop_signal is None:
+            log.warning("received %s: saving a checkpoint at the end of this step", signal.Signals(signum).name)
+        self.stop_signal = signum
+
+    def _rank0_then_all(self, fn) -> None:
+        """Run ``fn`` on the main process; if it fails, every rank raises (nobody waits forever)."""
+        from .distributed import any_rank
+
+        error = None
+        if self.acc.is_main_process:
+            try:
+                fn()
+            except Exception as exn:  # noqa: BLE001 - re-raised below on every rank
+                error = exn
+        self.acc.wait_for_everyone()
+        if any_rank(error is not None):
+            raise TrainingError(str(error) if error else "the main process failed during setup (see its log)")
+
+    def _resolve_resume(self) -> Path | None:
+        from .checkpoint import latest_checkpoint, read_trainer_state
+
+        t = self.cfg.train
+        if t.resume == "":
+            return None
+        path = latest_checkpoint(self.cfg.output_dir) if t.resume == "latest" else Path(t.resume)
+        if path is None:
+            log.info("train.resume=latest: no checkpoint in %s yet, starting fresh", self.cfg.output_dir)
+            return None
+        state = read_trainer_state(path)
+        for key, now in (("world_size", self.acc.num_processes), ("batch_size", t.batch_size)):
+            if state.get(key) != now:
+                raise TrainingError(
+                    f"cannot resume {path} exactly: it was trained with {key}={state.get(key)}, this run has {now}"
+                )
+        if state["step"] >= t.max_steps:
+            raise TrainingError(f"{path} is at step {state['step']}, already at train.max_steps={t.max_steps}")
+        return path
+
+    def _configure_deepspeed(self) -> None:
+        plugin = self.acc.state.deepspeed_plugin
+        if plugin is None:
+            return
+        t = self.cfg.train
+        c = plugin.deepspeed_config
+        # Our loader has no `batch_size` attribute for accelerate to read, so these are set explicitly.
+        c["train_micro_batch_size_per_gpu"] = t.batch_size
+        c["gradient_accumulation_steps"] = 1
+        c["train_batch_size"] = t.batch_size * self.acc.num_processes
+        c["gradient_clipping"] = t.grad_clip
+        c["steps_per_print"] = 10**12  # our logger reports progress
+        c.setdefault("bf16", {})
+        if isinstance(c["bf16"], dict):
+            c["bf16"]["check_grad_overflow"] = True  # skip steps with inf/nan gradients (DeepSpeed's check)
+
+    def setup(self) -> None:
+        cfg, t, d = self.cfg, self.cfg.train, self.cfg.data
+        from open_clip_train.scheduler import cosine_lr
+
+        from data_pipelines.loader import StreamingLoader
+        from data_pipelines.shapes_world import WorldConfig, generate_world
+
+        from .checkpoint import read_loader_state, read_trainer_state
+        from .distributed import world_size
+        from .model import build_model, count_parameters, param_groups
+        from .objectives import Objective
+
+        torch.set_num_threads(_threads(cfg))
+        self.acc = acc = _make_accelerator(cfg)
+        self.ds = acc.state.deepspeed_plugin is not None
+        self.zero_stage = acc.state.deepspeed_plugin.zero_stage if self.ds else None
+        self.resume_from = self._resolve_resume()
+        out = Path(cfg.output_dir)
+
+        def prepare_output():
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "config.yaml").write_text(to_yaml(cfg))
+            if d.shapes_world:
+                generate_world(d.shapes_world, WorldConfig(train_samples=d.shapes_train_samples), log=log.info)
+
+        self._rank0_then_all(prepare_output)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._on_signal)
+
+        torch.manual_seed(t.seed)  # the same initial weights on every rank
+        built = build_model(cfg.model, augment=d.augment)
+        self.open_clip_config = built.open_clip_config
+        model = built.model
+        total, trainable = count_parameters(model)
+        self.base_optimizer = torch.optim.AdamW(
+            param_groups(model, t.weight_decay), lr=t.lr, betas=(t.beta1, t.beta2), eps=t.eps
+        )
+        self._configure_deepspeed()
+        self.model, self.optimizer = acc.prepare(model, self.base_optimizer)
+        self.unwrapped = acc.unwrap_model(self.model)
+        self.input_dtype = torch.float32
+        if self.ds and t.precision != "fp32":
+            self.input_dtype = torch.bfloat16 if t.precision == "bf16" else torch.float16
+        self.objective = Objective(
+            cfg.objective.terms, rank=acc.process_index, world_size=world_size(), local_loss=t.local_loss
+        )
+        self.loader = StreamingLoader(
+            d.train or str(Path(d.shapes_world) / "train"),
+            preprocess=built.preprocess_train,
+            tokenizer=built.tokenizer,
+            batch_size=t.batch_size,
+            mode=d.mode,
+            weights=d.weights,
+            num_workers=d.workers,
+            seed=t.seed,
+            rank=acc.process_index,
+            world_size=acc.num_processes,
+            shuffle_buffer=d.shuffle_buffer,
+            epoch_samples=d.epoch_samples,
+            drop_last=True,
+        )
+        self.lr_at = cosine_lr(self.base_optimizer, t.lr, min(t.warmup_steps, t.max_steps - 1), t.max_steps)
+        self.step = 0
+        self.skipped = 0
+        self.nonfinite_in_a_row = 0
+        if self.resume_from is not None:
+            acc.load_state(str(self.resume_from))
+            state = read_trainer_state(self.resume_from)
+            self.loader.load_state_dict(read_loader_state(self.resume_from, acc.process_index))
+            self.step = state["step"]
+            self.skipped = state.get("skipped_steps", 0)
+        if acc.is_main_process:
+            backend = f"DeepSpeed ZeRO-{self.zero_stage}" if self.ds else str(acc.distributed_type).split(".")[-1]
+            print("# vlp config\n" + to_yaml(cfg), flush=True)
+            print(
+                f"# {backend}, {acc.num_processes} process(es), precision {t.precision}, "
+                f"{torch.get_num_threads()} threads/process; model {total / 1e6:.1f}M parameters "
+                f"({trainable / 1e6:.1f}M trainable); global batch {t.batch_size * acc.num_processes}"
+                + (f"; resuming from {self.resume_from} (step {self.step})" if self.resume_from else ""),
+                flush=True,
+            )
+
+    # ------------------------------------------------------------------ one step
+
+    def _grads_finite(self) -> bool:
+        from .distributed import any_rank
+
+        bad = any(p.grad is not None and not torch.isfinite(p.grad).all() for p in self.unwrapped.parameters())
+        return not any_rank(bad)
+
+    def _backward_and_step(self, loss: torch.Tensor) -> bool:
+        """Backward and optimizer step; False when a non-finite gradient made the step a no-op."""
+        t = self.cfg.train
+        if self.ds:
+            engine = self.model
+            engine.backward(loss)
+            # DeepSpeed checks gradients itself (and then skips the step) except in ZeRO-0 without
+            # mixed precision, where the plain optimizer sees the gradients in p.grad.
+            if self.zero_stage == 0 and t.precision == "fp32" and not self._grads_finite():
+                engine.zero_grad()
+                return False
+            before = engine.skipped_steps
+            engine.step()
+            return engine.skipped_steps == before
+        self.acc.backward(loss)
+        if t.precision == "fp16":  # the grad scaler skips overflowing steps itself
+            if t.grad_clip:
+                self.acc.clip_grad_norm_(self.model.parameters(), t.grad_clip)
+            self.optimizer.step()
+            skipped = self.optimizer.step_was_skipped
+            self.optimizer.zero_grad(set_to_none=True)
+            return not skipped
+        if not self._grads_finite():
+            self.optimizer.zero_grad(set_to_none=True)
+            return False
+        if t.grad_clip:
+            self.acc.clip_grad_norm_(self.model.parameters(), t.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return True
+
+    def _clamp_logit_scale(self) -> None:
+        """logit_scale <= ln 100 after every step, in the module and in DeepSpeed's fp32 master copy."""
+        from .model import MAX_LOGIT_SCALE
+
+        p = self.unwrapped.logit_scale
+        with torch.no_grad():
+            if self.ds and self.zero_stage:
+                from deepspeed.utils import safe_get_full_fp32_param, safe_set_full_fp32_param
+
+                master = safe_get_full_fp32_param(p)  # a collective
+                if master is not None:
+                    safe_set_full_fp32_param(p, master.clamp(0, MAX_LOGIT_SCALE))
+            if self.zero_stage == 3:
+                import deepspeed
+
+                with deepspeed.zero.GatheredParameters([p], modifier_rank=0):
+                    p.data.clamp_(0, MAX_LOGIT_SCALE)
+            else:
+                p.data.clamp_(0, MAX_LOGIT_SCALE)
+
+    def _train_step(self, batch: dict) -> tuple[dict, bool]:
+        from .objectives import Features
+
+        acc, dbg = self.acc, self.cfg.debug
+        images = batch["image"].to(acc.device, dtype=self.input_dtype, non_blocking=True)
+        texts = batch["text"].to(acc.device, non_blocking=True)
+        self.model.train()
+        with acc.autocast():
+            out = self.model(image=images, text=texts)
+        feats = Features(
+            image=out["image_features"].float(), text=out["text_features"].float(), scale=out["logit_scale"].float()
+        )
+        losses = self.objective(feats)
+        loss = losses["loss"]
+        if self.step in dbg.nonfinite_loss_steps:
+            loss = loss * float("nan")
+        from .distributed import any_rank
+
+        if any_rank(not bool(torch.isfinite(loss))):
+            applied = False  # nothing was back-propagated: the weights and optimizer state are untouched
+        else:
+            hook = None
+            if self.step in dbg.nonfinite_grad_steps:
+                hook = self.unwrapped.logit_scale.register_hook(lambda g: g * float("nan"))
+            applied = self._backward_and_step(loss)
+            if hook is not None:
+                hook.remove()
+        if applied:
+            self._clamp_logit_scale()
+        values = {k: v.detach() for k, v in losses.items()}
+        values["loss"] = loss.detach()
+        return values, applied
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def _save(self) -> Path:
+        from .checkpoint import save_checkpoint
+        from .export import CONFIG_NAME
+
+        state = {
+            "skipped_steps": self.skipped,
+            "world_size": self.acc.num_processes,
+            "batch_size": self.cfg.train.batch_size,
+            "max_steps": self.cfg.train.max_steps,
+        }
+        files = {"config.yaml": to_yaml(self.cfg), CONFIG_NAME: json.dumps(self.open_clip_config, indent=2)}
+        return save_checkpoint(
+            self.acc, self.cfg.output_dir, self.step, state, self.loader.state_dict(), files, self.cfg.train.keep_last
+        )
+
+    # ------------------------------------------------------------------ the loop
+
+    def fit(self) -> int:
+        from .distributed import any_rank
+        from .metrics import MetricsLogger
+
+        self.setup()
+        cfg, t, acc = self.cfg, self.cfg.train, self.acc
+        logger = MetricsLogger(cfg.output_dir, t.max_steps, acc.is_main_process, start_step=self.step)
+        losses: list[float] = []
+        saved_at = self.step if self.resume_from else -1
+        batches = iter(self.loader)
+        global_batch = t.batch_size * acc.num_processes
+        try:
+            while self.step < t.max_steps:
+                tic = time.perf_counter()
+                batch = next(batches)
+                data_time = time.perf_counter() - tic
+                self.step += 1
+                lr = self.lr_at(self.step - 1)
+                values, applied = self._train_step(batch)
+                reduced = {k: acc.reduce(v.reshape(1), reduction="mean").item() for k, v in values.items()}
+                step_time = time.perf_counter() - tic
+                if applied:
+                    self.nonfinite_in_a_row = 0
+                    losses.append(reduced["loss"])
+                else:
+                    self.skipped += 1
+                    self.nonfinite_in_a_row += 1
+                    logger.message(
+                        f"step {self.step}: non-finite loss or gradient, step skipped "
+                        f"({self.nonfinite_in_a_row} in a row, {self.skipped} in all)"
+                    )
+                    if self.nonfinite_in_a_row >= t.max_nonfinite_steps:
+                        last = saved_at if saved_at > 0 else None
+                        raise TrainingError(
+                            f"{self.nonfinite_in_a_row} steps in a row had a non-finite loss or gradient "
+                            f"(train.max_nonfinite_steps={t.max_nonfinite_steps}); stopping at step {self.step}. "
+                            + (
+                                f"The last good checkpoint is step_{last} in {cfg.output_dir}/checkpoints."
+                                if last
+                                else "No checkpoint was written yet."
+                            )
+                        )
+                record = {
+                    "step": self.step,
+                    **{k: v for k, v in reduced.items()},
+                    "lr": lr,
+                    "logit_scale": float(self.unwrapped.logit_scale.detach().float().exp().mean()),
+                    "samples_per_s": global_batch / step_time,
+                    "data_time": data_time,
+                    "step_time": step_time,
+                    "skipped_steps": self.skipped,
+                    "epoch": self.loader.epoch,
+                }
+                logger.step(self.step, record, log=self.step % t.log_every == 0 or not applied or self.step == 1)
+                if cfg.debug.step_sleep:
+                    time.sleep(cfg.debug.step_sleep)
+                stop = any_rank(self.stop_signal is not None)
+                if self.step % t.save_every == 0 or self.step == t.max_steps or stop:
+                    path = self._save()
+                    saved_at = self.step
+                    if stop:
+                        logger.message(
+                            f"stopped by a signal at step {self.step}; checkpoint {path}; "
+                            f"continue with train.resume=latest (output_dir={cfg.output_dir})"
+                        )
+                        return EXIT_OK
+        except TrainingError as exn:
+            logger.message(f"error: {exn}")
+            print(f"vlp.train: error: {exn}", file=sys.stderr)
+            return EXIT_FAILED
+        finally:
+            logger.close()
+        self._finish(losses)
+        return EXIT_OK
+
+    def _finish(self, losses: list[float]) -> None:
+        from .checkpoint import latest_checkpoint
+        from .export import export_checkpoint
+
+        acc, out = self.acc, Path(self.cfg.output_dir)
+        if acc.is_main_process:
+            final = latest_checkpoint(out)
+            export_dir = export_checkpoint(final, out / "export")
+            n = min(50, max(1, len(losses) // 2))
+            summary = {
+                "steps": self.step,
+                "skipped_steps": self.skipped,
+                "first_loss_mean": sum(losses[:n]) / max(1, len(losses[:n])) if losses else None,
+                "last_loss_mean": sum(losses[-n:]) / max(1, len(losses[-n:])) if losses else None,
+                "mean_over_steps": n,
+                "checkpoint": str(final),
+                "export": str(export_dir),
+                "metrics": str(out / "metrics.jsonl"),
+                "tensorboard": str(out / "tensorboard"),
+                "config": to_dict(self.cfg),
+            }
+            (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+            if losses:
+                print(
+                    f"\n# done: {self.step} steps ({self.skipped} skipped); mean loss of the first {n} steps "
+                    f"{summary['first_loss_mean']:.4f} -> last {n} steps {summary['last_loss_mean']:.4f}\n"
+                    f"#   checkpoint {final}\n#   export     {export_dir} (open_clip local-dir)\n"
+                    f"#   metrics    {out / 'metrics.jsonl'}, TensorBoard in {out / 'tensorboard'}",
+                    flush=True,
+                )
+        acc.wait_for_everyone()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="vlp-train",
+        description="Train a CLIP-style dual encoder. Under `accelerate launch -m vlp.train` the launch "
+        "config chooses processes, DeepSpeed ZeRO stage and hardware; `vlp-train` runs one process.",
+        epilog="Overrides use dotted keys, values in YAML: train.max_steps=100 objective.terms='{clip: 1.0}'",
+    )
+    p.add_argument("--config", help="recipe YAML (configs/*.yaml)")
+    p.add_argument("overrides", nargs="*", help="key.sub=value overrides")
+    p.add_argument("--print-config", action="store_true", help="print the resolved configuration and exit")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    rank0 = int(os.environ.get("RANK", "0")) == 0
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for ours in ("vlp", "data_pipelines"):
+        logging.getLogger(ours).setLevel(logging.INFO if rank0 else logging.WARNING)
+    # DeepSpeed's ZeRO collectives call APIs that torch marks deprecated, once per step.
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.distributed")
+    try:
+        cfg = load_config(args.config, args.overrides)
+        if cfg.data.train:
+            from data_pipelines.specs import SpecError, parse_sources
+
+            try:
+                parse_sources(cfg.data.train, cfg.data.weights)
+            except SpecError as exn:
+                raise ConfigError(f"data.train: {exn}") from None
+    except ConfigError as exn:
+        print(f"vlp-train: config error: {exn}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.print_config:
+        print(to_yaml(cfg))
+        return EXIT_OK
+    try:
+        return Trainer(cfg).fit()
+    except (TrainingError, ConfigError) as exn:
+        print(f"vlp-train: error: {exn}", file=sys.stderr)
+        return EXIT_USAGE if isinstance(exn, ConfigError) else EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())
