@@ -13,7 +13,7 @@ DATA   ?= data/shapes
 .PHONY: demo test lint bench clean help
 
 help:
-	@echo "make demo   generate the shapes world and stream batches from it (the whole pipeline so far)"
+	@echo "make demo   generate the shapes world, train a tiny CLIP under DeepSpeed ZeRO-2 (2 CPU processes), export it"
 	@echo "make test   run the test suite (and ruff)"
 	@echo "make bench  run the benchmarks in benchmarks/"
 
@@ -24,12 +24,13 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# The main job on the built-in shapes world: generate it (once), train the tiny CLIP with 2 processes
+# under DeepSpeed ZeRO-2 on CPU, export it to runs/demo/export, print the summary. runs/demo is rewritten.
 demo: $(STAMP)
 	$(BIN)/vlp-data shapes --out $(DATA)
-	$(BIN)/vlp-data stats $(DATA)/train
-	$(BIN)/vlp-data peek $(DATA)/train --batches 5 --batch-size 64 --negatives 4 --workers 2
-	@echo
-	@echo "demo: shapes world in $(DATA) (train shards, zeroshot/, compositional/); batches streamed above."
+	rm -rf runs/demo
+	$(BIN)/accelerate launch --config_file launch/accelerate/cpu_deepspeed_zero2.yaml \
+		-m vlp.train --config configs/demo.yaml data.shapes_world=$(DATA)
 
 test: $(STAMP)
 	$(BIN)/ruff check .
@@ -37,6 +38,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/loader.py
+	$(BIN)/python benchmarks/train_throughput.py
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache

@@ -155,7 +155,8 @@ class ShardStream(IterableDataset):
 
     def _decode(self, sample: dict, seed: int) -> tuple[torch.Tensor, str, list[str]]:
         rng = random.Random(seed)
-        meta = metadata(sample)
+        # The JSON member is parsed only when it is needed (negatives, or no .txt caption).
+        meta = metadata(sample) if self.num_negatives or "txt" not in sample else {}
         text = caption(sample, meta, rng)
         negs: list[str] = []
         if self.num_negatives:

@@ -32,8 +32,8 @@ COLOURS: dict[str, tuple[int, int, int]] = {
     "purple": (135, 55, 175),
     "orange": (245, 135, 25),
 }
-SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "star", "hexagon", "diamond")
-SIZES: dict[str, float] = {"small": 0.22, "large": 0.38}  # side of the bounding square / image side
+SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "star", "cross", "diamond")
+SIZES: dict[str, float] = {"small": 0.25, "large": 0.4}  # side of the bounding square / image side
 RELATIONS: tuple[str, ...] = ("left of", "right of", "above", "below")
 INVERSE_RELATION = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
 RELATION_PHRASE = {"left of": "to the left of", "right of": "to the right of", "above": "above", "below": "below"}
@@ -43,7 +43,7 @@ RELATION_PHRASE = {"left of": "to the left of", "right of": "to the right of", "
 DEFAULT_HELDOUT: tuple[tuple[str, str], ...] = (
     ("red", "star"),
     ("green", "triangle"),
-    ("blue", "hexagon"),
+    ("blue", "cross"),
     ("yellow", "square"),
     ("purple", "diamond"),
     ("orange", "circle"),
@@ -234,8 +234,22 @@ def _polygon(shape: str, box: tuple[float, float, float, float]) -> list[tuple[f
         return [(cx, y0), (x1, y1), (x0, y1)]
     if shape == "diamond":
         return [(cx, y0), (x1, cy), (cx, y1), (x0, cy)]
-    if shape == "hexagon":
-        return [(cx + r * math.cos(math.pi / 3 * k), cy + r * math.sin(math.pi / 3 * k)) for k in range(6)]
+    if shape == "cross":  # a plus sign with arms a third of the side wide
+        a = (x1 - x0) / 6
+        return [
+            (cx - a, y0),
+            (cx + a, y0),
+            (cx + a, cy - a),
+            (x1, cy - a),
+            (x1, cy + a),
+            (cx + a, cy + a),
+            (cx + a, y1),
+            (cx - a, y1),
+            (cx - a, cy + a),
+            (x0, cy + a),
+            (x0, cy - a),
+            (cx - a, cy - a),
+        ]
     if shape == "star":
         pts = []
         for k in range(10):

@@ -29,7 +29,7 @@ from . import shapes
 from .writer import ShardSink, write_json_atomic
 
 MANIFEST = "shapes_world.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 @dataclass(frozen=True)

@@ -189,7 +189,8 @@ def _broken_dataset(folder: Path) -> dict:
 def test_bad_input_is_skipped_counted_and_logged_once(tmp_path, preprocess, tokenizer, caplog, num_workers):
     expected = _broken_dataset(tmp_path)
     with caplog.at_level(logging.WARNING, logger="data_pipelines"), deadline(60):
-        ld = loader(tmp_path, preprocess, tokenizer, num_workers=num_workers)  # every .tar in the folder
+        # every .tar in the folder; negatives requested, so the JSON member is read (and can be broken)
+        ld = loader(tmp_path, preprocess, tokenizer, num_workers=num_workers, num_negatives=1)
         keys = keys_of(ld)
     recovered = [k for k in keys if k in expected["truncated"]]
     assert sorted(k for k in keys if k not in expected["truncated"]) == sorted(expected["good"])

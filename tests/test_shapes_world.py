@@ -19,7 +19,7 @@ from data_pipelines.cli import main as vlp_data
 from data_pipelines.shapes_world import WorldConfig, generate_world
 
 PHRASE = re.compile(
-    r"\b(?:(small|large) )?(red|green|blue|yellow|purple|orange) (circle|square|triangle|star|hexagon|diamond)\b"
+    r"\b(?:(small|large) )?(red|green|blue|yellow|purple|orange) (circle|square|triangle|star|cross|diamond)\b"
 )
 RELATION = re.compile(r"\b(to the left of|to the right of|above|below)\b")
 REL_NAME = {"to the left of": "left of", "to the right of": "right of", "above": "above", "below": "below"}

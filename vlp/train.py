@@ -102,6 +102,16 @@ class Trainer:
             raise TrainingError(f"{path} is at step {state['step']}, already at train.max_steps={t.max_steps}")
         return path
 
+    def _refuse_to_clobber(self) -> None:
+        from .checkpoint import list_checkpoints
+
+        found = list_checkpoints(self.cfg.output_dir)
+        if found and self.resume_from is None:
+            raise TrainingError(
+                f"{self.cfg.output_dir} already holds checkpoints (up to step_{found[-1][0]}); continue it with "
+                "train.resume=latest, or choose another output_dir"
+            )
+
     def _configure_deepspeed(self) -> None:
         plugin = self.acc.state.deepspeed_plugin
         if plugin is None:
@@ -114,6 +124,9 @@ class Trainer:
         c["train_batch_size"] = t.batch_size * self.acc.num_processes
         c["gradient_clipping"] = t.grad_clip
         c["steps_per_print"] = 10**12  # our logger reports progress
+        if t.precision != "fp32":
+            # DeepSpeed casts parameters but not buffers; BatchNorm (ResNet towers) needs both in one dtype.
+            c.setdefault("data_types", {}).setdefault("buffer_dtype", t.precision)
         c.setdefault("bf16", {})
         if isinstance(c["bf16"], dict):
             c["bf16"]["check_grad_overflow"] = True  # skip steps with inf/nan gradients (DeepSpeed's check)
@@ -135,6 +148,7 @@ class Trainer:
         self.ds = acc.state.deepspeed_plugin is not None
         self.zero_stage = acc.state.deepspeed_plugin.zero_stage if self.ds else None
         self.resume_from = self._resolve_resume()
+        self._refuse_to_clobber()
         out = Path(cfg.output_dir)
 
         def prepare_output():
@@ -230,11 +244,12 @@ class Trainer:
             skipped = self.optimizer.step_was_skipped
             self.optimizer.zero_grad(set_to_none=True)
             return not skipped
-        if not self._grads_finite():
+        # One pass over the gradients: the global norm is non-finite exactly when some gradient is
+        # (DDP has already averaged them, so every rank sees the same norm).
+        norm = self.acc.clip_grad_norm_(self.model.parameters(), t.grad_clip or float("inf"))
+        if not torch.isfinite(norm):
             self.optimizer.zero_grad(set_to_none=True)
             return False
-        if t.grad_clip:
-            self.acc.clip_grad_norm_(self.model.parameters(), t.grad_clip)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return True
@@ -363,6 +378,7 @@ class Trainer:
                     "step_time": step_time,
                     "skipped_steps": self.skipped,
                     "epoch": self.loader.epoch,
+                    "time": time.time(),
                 }
                 logger.step(self.step, record, log=self.step % t.log_every == 0 or not applied or self.step == 1)
                 if cfg.debug.step_sleep:
