@@ -7,6 +7,7 @@ import json
 import logging
 import sys
 import time
+from pathlib import Path
 
 from . import shapes
 from .ingest import TableError, write_shards
@@ -111,6 +112,48 @@ def cmd_peek(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_negatives(args: argparse.Namespace) -> int:
+    from . import negatives_report
+    from .add_negatives import ImportFormatError, add_negatives, read_imports
+    from .negatives import TYPES
+
+    if args.report:
+        folder = args.sugarcrepe or negatives_report.default_sugarcrepe_dir()
+        if folder is None:
+            return _err("--report needs --sugarcrepe DIR (the official SugarCrepe JSON files)", EXIT_USAGE)
+        try:
+            rows = negatives_report.report(folder, k=args.k, seed=args.seed)
+        except FileNotFoundError as exn:
+            return _err(str(exn), EXIT_USAGE)
+        print(f"Rule-based negatives against SugarCrepe's official ones ({folder}):\n")
+        print(negatives_report.markdown(rows))
+        if args.json:
+            Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
+        return 0
+    if not args.spec or not args.out:
+        return _err("give SPEC and --out (or --report)", EXIT_USAGE)
+    types = None
+    if args.types:
+        types = [t.strip() for t in args.types.split(",") if t.strip()]
+        unknown = sorted(set(types) - set(TYPES))
+        if unknown:
+            return _err(f"unknown --types {unknown}; known: {', '.join(TYPES)}", EXIT_USAGE)
+
+    def progress(done: int, total: int) -> None:
+        if total >= 10 and (done % max(1, total // 10) == 0 or done == total):
+            print(f"  {done}/{total} shards", file=sys.stderr)
+
+    try:
+        imports = read_imports(args.from_jsonl) if args.from_jsonl else None
+        summary = add_negatives(
+            args.spec, args.out, k=args.k, types=types, seed=args.seed, imports=imports, progress=progress
+        )
+    except (SpecError, ImportFormatError, FileExistsError, ValueError) as exn:
+        return _err(str(exn), EXIT_USAGE)
+    print(json.dumps(summary.__dict__))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vlp-data", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -156,6 +199,26 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("spec", help="a directory of .tar files, a brace spec, a pipe: command or a URL ('::' joins)")
     s.add_argument("--workers", type=int, default=default_workers(), help="processes reading shards")
     s.set_defaults(fn=cmd_stats)
+
+    s = sub.add_parser(
+        "negatives",
+        help="add hard-negative captions to shards (or --report on SugarCrepe)",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    s.add_argument("spec", nargs="?", help="input shards (directory, brace spec, ...)")
+    s.add_argument("--out", help="new output directory; shards keep their names")
+    s.add_argument("--k", type=int, default=4, help="negatives per caption")
+    s.add_argument("--types", default=None, help="comma-separated subset of the negative types")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument(
+        "--from-jsonl",
+        default=None,
+        help="import negatives instead: DeGLA's JSON list or a JSONL of {key|caption, negatives}",
+    )
+    s.add_argument("--report", action="store_true", help="compare with SugarCrepe's official negatives")
+    s.add_argument("--sugarcrepe", default=None, help="folder of SugarCrepe *.json (default: ../shared/...)")
+    s.add_argument("--json", default=None, help="with --report: also write the rows as JSON here")
+    s.set_defaults(fn=cmd_negatives)
 
     s = sub.add_parser(
         "peek",
