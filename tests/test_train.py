@@ -19,7 +19,7 @@ import torch
 from data_pipelines.shapes_world import WorldConfig, generate_world
 from tests.conftest import REPO
 from vlp.checkpoint import list_checkpoints
-from vlp.export import checkpoint_state_dict
+from vlp.export import checkpoint_state_dict, clip_weights
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
@@ -88,7 +88,7 @@ def metrics(out: Path) -> dict[int, dict]:
 
 
 def weights(checkpoint: Path) -> dict[str, torch.Tensor]:
-    return checkpoint_state_dict(checkpoint)
+    return clip_weights(checkpoint_state_dict(checkpoint))
 
 
 def max_diff(a: dict, b: dict) -> float:

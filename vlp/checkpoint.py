@@ -18,6 +18,7 @@ import json
 import os
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -63,8 +64,10 @@ def save_checkpoint(
     loader_state: dict,
     files: dict[str, str],
     keep_last: int,
+    write_extra: Callable[[Path], None] | None = None,
 ) -> Path:
-    """Collective: every rank calls it. Returns the final checkpoint path."""
+    """Collective: every rank calls it. ``write_extra(tmp_dir)`` runs on every rank before the
+    directory is sealed (for state of the trainer's own, e.g. the EMA teacher). Returns the path."""
     root = checkpoint_root(output_dir)
     final = root / f"step_{step}"
     tmp = root / f".tmp_step_{step}"
@@ -74,6 +77,8 @@ def save_checkpoint(
     accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp))
     _write_json(tmp / f"loader_rank{accelerator.process_index}.json", loader_state)
+    if write_extra is not None:
+        write_extra(tmp)
     if accelerator.is_main_process:
         for name, text in files.items():
             (tmp / name).write_text(text)

@@ -54,6 +54,8 @@ class DataConfig:
     shuffle_buffer: int = 1000
     augment: bool = True  # open_clip's training transform (random resized crop) instead of the eval one
     epoch_samples: int | None = None  # nominal epoch in resampled mode
+    negatives: int = 0  # K hard negatives per caption, read from each sample's .json (terms that need them)
+    negative_types: list[str] | None = None  # only these types (default: all)
 
 
 @dataclass
@@ -79,9 +81,24 @@ class TrainConfig:
 
 
 @dataclass
+class ProtoConfig:
+    clusters: int = 64  # K-means clusters per modality (ProtoCLIP used 20,000 for 200k-sample episodes)
+    episode_steps: int = 50  # an episode is this many steps; the first trains CLIP only
+    iters: int = 20  # Lloyd iterations
+    target_temperature: float = 0.01  # τ_t of the soft targets; <= 0 for hard labels
+    hidden: int = 2048  # projection head: Linear(D, hidden) -> BN -> ReLU -> Linear(hidden, dim)
+    dim: int = 128
+
+
+@dataclass
 class ObjectiveConfig:
-    # Term name -> weight; the loss is the weighted sum.
+    # Term name -> weight; the loss is the weighted sum. Terms: clip, dcl, negclip, igc, tgc, distill,
+    # proto. distill is a sum over the batch (as in DeGLA), so its weight is small (0.005).
     terms: dict[str, float] = field(default_factory=lambda: {"clip": 1.0})
+    ema_decay: float = 0.9996  # the EMA teacher of tgc and distill
+    dcl_sigma: float | None = None  # set it for DCLW (weighted positives), e.g. 0.5
+    tgc_temperature: float = 0.1
+    proto: ProtoConfig = field(default_factory=ProtoConfig)
 
 
 @dataclass
@@ -258,6 +275,19 @@ def validate(cfg: Config) -> None:
             hint = f" (did you mean '{close[0]}'?)" if close else ""
             raise ConfigError(f"objective.terms.{name}: unknown term{hint}; known: {', '.join(TERMS)}")
         _check(weight >= 0, f"objective.terms.{name}: weight must not be negative, got {weight}")
+    needs_negatives = [n for n in cfg.objective.terms if "negatives" in TERMS[n]]
+    _check(
+        not needs_negatives or d.negatives >= 1,
+        f"objective.terms.{needs_negatives[0] if needs_negatives else ''}: needs hard negatives; "
+        "set data.negatives (K, e.g. 4) and give shards whose .json hold them",
+    )
+    _check(d.negatives >= 0, f"data.negatives: must not be negative, got {d.negatives}")
+    o = cfg.objective
+    _check(0.0 <= o.ema_decay < 1.0, f"objective.ema_decay: must be in [0, 1), got {o.ema_decay}")
+    _check(o.tgc_temperature > 0, f"objective.tgc_temperature: must be positive, got {o.tgc_temperature}")
+    _check(o.dcl_sigma is None or o.dcl_sigma > 0, f"objective.dcl_sigma: must be positive, got {o.dcl_sigma}")
+    _check(o.proto.clusters >= 2, f"objective.proto.clusters: must be at least 2, got {o.proto.clusters}")
+    _check(o.proto.episode_steps >= 1, "objective.proto.episode_steps: must be at least 1")
     resume = t.resume
     _check(
         resume in ("", "latest") or Path(resume).is_dir(),

@@ -44,10 +44,17 @@ def checkpoint_state_dict(checkpoint: str | os.PathLike) -> dict[str, torch.Tens
     return {k: v.detach().float().contiguous().clone() for k, v in state.items()}
 
 
+def clip_weights(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The open_clip model's weights out of the trainer's module (``clip.*``; heads are dropped)."""
+    if any(k.startswith("clip.") for k in state):
+        return {k[len("clip.") :]: v for k, v in state.items() if k.startswith("clip.")}
+    return dict(state)
+
+
 def export_state(state: dict[str, torch.Tensor], open_clip_config: dict, out: str | os.PathLike) -> Path:
     """Write an open_clip local dir atomically (built beside ``out``, then renamed)."""
     out = Path(out)
-    state = dict(state)
+    state = clip_weights(state)
     for key in ("logit_scale", "logit_bias"):  # open_clip's default is a 0-dim parameter
         if key in state and state[key].numel() == 1:
             state[key] = state[key].reshape(())

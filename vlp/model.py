@@ -17,6 +17,51 @@ from .config import ConfigError, ModelConfig
 MAX_LOGIT_SCALE = math.log(100.0)
 
 
+class ProjectionHead(torch.nn.Sequential):
+    """ProtoCLIP's head: Linear(D→hidden) → BatchNorm1d → ReLU → Linear(hidden→out), on the
+    unnormalised tower output."""
+
+    def __init__(self, dim: int, hidden: int, out: int):
+        super().__init__(
+            torch.nn.Linear(dim, hidden), torch.nn.BatchNorm1d(hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, out)
+        )
+
+
+class DualEncoder(torch.nn.Module):
+    """The module the trainer optimises: an open_clip model (``clip``) plus, for ProtoCLIP, the
+    projection heads and their own scale. One forward gives everything the objective needs:
+    normalised image and caption features, exp(logit_scale), and (with heads) the normalised
+    projections of the images and of the first ``len(image)`` captions (the positives)."""
+
+    def __init__(self, clip: torch.nn.Module, proto_hidden: int = 0, proto_dim: int = 0):
+        super().__init__()
+        self.clip = clip
+        self.image_head = self.text_head = self.proto_logit_scale = None
+        if proto_dim:
+            dim = clip.visual.output_dim  # the joint embedding width
+            self.image_head = ProjectionHead(dim, proto_hidden, proto_dim)
+            self.text_head = ProjectionHead(dim, proto_hidden, proto_dim)
+            self.proto_logit_scale = torch.nn.Parameter(torch.full([1], math.log(1 / 0.07)))
+
+    def forward(self, image: torch.Tensor, text: torch.Tensor) -> dict[str, torch.Tensor]:
+        image_raw = self.clip.encode_image(image)
+        text_raw = self.clip.encode_text(text)
+        out = {
+            "image_features": torch.nn.functional.normalize(image_raw, dim=-1),
+            "text_features": torch.nn.functional.normalize(text_raw, dim=-1),
+            "logit_scale": self.clip.logit_scale.exp(),
+        }
+        if self.image_head is not None:
+            out["image_proj"] = torch.nn.functional.normalize(self.image_head(image_raw), dim=-1)
+            out["text_proj"] = torch.nn.functional.normalize(self.text_head(text_raw[: len(image)]), dim=-1)
+            out["proto_scale"] = self.proto_logit_scale.exp()
+        return out
+
+    def logit_scales(self) -> list[torch.nn.Parameter]:
+        """The learnable scales that are clamped to 100 after every step."""
+        return [p for p in (self.clip.logit_scale, self.proto_logit_scale) if p is not None]
+
+
 @dataclass
 class BuiltModel:
     model: torch.nn.Module

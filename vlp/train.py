@@ -140,7 +140,8 @@ class Trainer:
 
         from .checkpoint import read_loader_state, read_trainer_state
         from .distributed import world_size
-        from .model import build_model, count_parameters, param_groups
+        from .ema import EMATeacher
+        from .model import DualEncoder, build_model, count_parameters, param_groups
         from .objectives import Objective
 
         torch.set_num_threads(_threads(cfg))
@@ -161,11 +162,29 @@ class Trainer:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_signal)
 
+        o = cfg.objective
+        self.objective = Objective(
+            o.terms,
+            rank=acc.process_index,
+            world_size=world_size(),
+            local_loss=t.local_loss,
+            dcl_sigma=o.dcl_sigma,
+            tgc_temperature=o.tgc_temperature,
+            proto_target_temperature=o.proto.target_temperature,
+        )
+        self.proto = "proto" in o.terms
+        if self.objective.needs_teacher and self.zero_stage == 3:
+            raise TrainingError(
+                "the EMA teacher (objective terms tgc, distill) needs whole parameters on every rank: "
+                "use ZeRO stage 0-2 (launch/accelerate/gpu_zero2.yaml), not ZeRO-3"
+            )
         torch.manual_seed(t.seed)  # the same initial weights on every rank
         built = build_model(cfg.model, augment=d.augment)
         self.open_clip_config = built.open_clip_config
-        model = built.model
+        heads = (o.proto.hidden, o.proto.dim) if self.proto else (0, 0)
+        model = DualEncoder(built.model, proto_hidden=heads[0], proto_dim=heads[1])
         total, trainable = count_parameters(model)
+        self.teacher = EMATeacher(model, o.ema_decay) if self.objective.needs_teacher else None
         self.base_optimizer = torch.optim.AdamW(
             param_groups(model, t.weight_decay), lr=t.lr, betas=(t.beta1, t.beta2), eps=t.eps
         )
@@ -175,9 +194,6 @@ class Trainer:
         self.input_dtype = torch.float32
         if self.ds and t.precision != "fp32":
             self.input_dtype = torch.bfloat16 if t.precision == "bf16" else torch.float16
-        self.objective = Objective(
-            cfg.objective.terms, rank=acc.process_index, world_size=world_size(), local_loss=t.local_loss
-        )
         self.loader = StreamingLoader(
             d.train or str(Path(d.shapes_world) / "train"),
             preprocess=built.preprocess_train,
@@ -192,7 +208,10 @@ class Trainer:
             shuffle_buffer=d.shuffle_buffer,
             epoch_samples=d.epoch_samples,
             drop_last=True,
+            num_negatives=d.negatives if self.objective.needs_negatives else 0,
+            negative_types=d.negative_types,
         )
+        self.episode = None  # ProtoCLIP's current clustering
         self.lr_at = cosine_lr(self.base_optimizer, t.lr, min(t.warmup_steps, t.max_steps - 1), t.max_steps)
         self.step = 0
         self.skipped = 0
@@ -203,6 +222,7 @@ class Trainer:
             self.loader.load_state_dict(read_loader_state(self.resume_from, acc.process_index))
             self.step = state["step"]
             self.skipped = state.get("skipped_steps", 0)
+            self._load_extra(self.resume_from)
         if acc.is_main_process:
             backend = f"DeepSpeed ZeRO-{self.zero_stage}" if self.ds else str(acc.distributed_type).split(".")[-1]
             print("# vlp config\n" + to_yaml(cfg), flush=True)
@@ -258,54 +278,126 @@ class Trainer:
         """logit_scale <= ln 100 after every step, in the module and in DeepSpeed's fp32 master copy."""
         from .model import MAX_LOGIT_SCALE
 
-        p = self.unwrapped.logit_scale
-        with torch.no_grad():
-            if self.ds and self.zero_stage:
-                from deepspeed.utils import safe_get_full_fp32_param, safe_set_full_fp32_param
+        for p in self.unwrapped.logit_scales():
+            with torch.no_grad():
+                if self.ds and self.zero_stage:
+                    from deepspeed.utils import safe_get_full_fp32_param, safe_set_full_fp32_param
 
-                master = safe_get_full_fp32_param(p)  # a collective
-                if master is not None:
-                    safe_set_full_fp32_param(p, master.clamp(0, MAX_LOGIT_SCALE))
-            if self.zero_stage == 3:
-                import deepspeed
+                    master = safe_get_full_fp32_param(p)  # a collective
+                    if master is not None:
+                        safe_set_full_fp32_param(p, master.clamp(0, MAX_LOGIT_SCALE))
+                if self.zero_stage == 3:
+                    import deepspeed
 
-                with deepspeed.zero.GatheredParameters([p], modifier_rank=0):
+                    with deepspeed.zero.GatheredParameters([p], modifier_rank=0):
+                        p.data.clamp_(0, MAX_LOGIT_SCALE)
+                else:
                     p.data.clamp_(0, MAX_LOGIT_SCALE)
-            else:
-                p.data.clamp_(0, MAX_LOGIT_SCALE)
+
+    def _features(self, batch: dict, images: torch.Tensor, texts: torch.Tensor, out: dict):
+        """The objective's inputs: this batch's features, its negatives, the teacher's, ProtoCLIP's."""
+        from .objectives import TEACHER_ALL, Features
+        from .protoclip import proto_inputs
+
+        b = images.shape[0]
+        text = out["text_features"].float()
+        f = Features(image=out["image_features"].float(), text=text[:b], scale=out["logit_scale"].float())
+        k = batch["neg_text"].shape[1] if self.objective.needs_negatives else 0
+        if k:
+            f.neg_text = text[b:].reshape(b, k, -1)
+            f.neg_mask = batch["neg_mask"].to(images.device)
+        if self.teacher is not None:
+            everything = TEACHER_ALL in self.objective.needs
+            precision = self.cfg.train.precision
+            low = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
+            with torch.no_grad(), torch.autocast(images.device.type, dtype=low, enabled=precision != "fp32"):
+                t = self.teacher(image=images.float(), text=texts if everything else texts[:b])
+            f.teacher_text = t["text_features"][:b].float()
+            if everything:
+                f.teacher_image = t["image_features"].float()
+                if k:
+                    f.teacher_neg_text = t["text_features"][b:].float().reshape(b, k, -1)
+        if self.proto:
+            f.proto = proto_inputs(self.episode, batch["key"], out)
+        return f
+
+    def _sync_batchnorm_statistics(self) -> None:
+        """Under DeepSpeed every rank updates BatchNorm running statistics from its own batches, and a
+        checkpoint keeps only rank 0's. Broadcasting rank 0's after each step (as DDP does before each
+        forward) keeps the ranks, their EMA teachers and a resumed run identical."""
+        if not self.ds or self.acc.num_processes == 1:
+            return
+        import torch.distributed as dist
+
+        for m in self.unwrapped.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.track_running_stats:
+                for buf in (m.running_mean, m.running_var, m.num_batches_tracked):
+                    dist.broadcast(buf, src=0)
 
     def _train_step(self, batch: dict) -> tuple[dict, bool]:
-        from .objectives import Features
+        from .distributed import any_rank
 
         acc, dbg = self.acc, self.cfg.debug
         images = batch["image"].to(acc.device, dtype=self.input_dtype, non_blocking=True)
         texts = batch["text"].to(acc.device, non_blocking=True)
+        if self.objective.needs_negatives:  # [B positives ; B·K negatives], negative (b, k) at B + b·K + k
+            neg = batch["neg_text"].to(acc.device, non_blocking=True)
+            texts = torch.cat([texts, neg.reshape(-1, neg.shape[-1])])
         self.model.train()
         with acc.autocast():
             out = self.model(image=images, text=texts)
-        feats = Features(
-            image=out["image_features"].float(), text=out["text_features"].float(), scale=out["logit_scale"].float()
-        )
-        losses = self.objective(feats)
+        losses = self.objective(self._features(batch, images, texts, out))
         loss = losses["loss"]
         if self.step in dbg.nonfinite_loss_steps:
             loss = loss * float("nan")
-        from .distributed import any_rank
-
         if any_rank(not bool(torch.isfinite(loss))):
             applied = False  # nothing was back-propagated: the weights and optimizer state are untouched
         else:
             hook = None
             if self.step in dbg.nonfinite_grad_steps:
-                hook = self.unwrapped.logit_scale.register_hook(lambda g: g * float("nan"))
+                hook = self.unwrapped.clip.logit_scale.register_hook(lambda g: g * float("nan"))
             applied = self._backward_and_step(loss)
             if hook is not None:
                 hook.remove()
         if applied:
             self._clamp_logit_scale()
+            self._sync_batchnorm_statistics()
+            if self.teacher is not None:
+                self.teacher.update(self.unwrapped)
         values = {k: v.detach() for k, v in losses.items()}
         values["loss"] = loss.detach()
         return values, applied
+
+    def _proto_episode(self, batches):
+        """At an episode boundary: replay the episode's batches without gradient, cluster them, and
+        return a fresh iterator positioned at the episode's start."""
+        from .protoclip import cluster_episode
+
+        p = self.cfg.objective.proto
+        index = (self.step - 1) // p.episode_steps
+        start = self.loader.state_dict()
+        keys, image_proj, text_proj = [], [], []
+        self.model.eval()
+        with torch.no_grad(), self.acc.autocast():
+            for _ in range(p.episode_steps):
+                batch = next(batches)
+                images = batch["image"].to(self.acc.device, dtype=self.input_dtype)
+                out = self.model(image=images, text=batch["text"].to(self.acc.device))
+                keys += batch["key"]
+                image_proj.append(out["image_proj"].float())
+                text_proj.append(out["text_proj"].float())
+        self.episode = cluster_episode(
+            index,
+            keys,
+            torch.cat(image_proj),
+            torch.cat(text_proj),
+            p.clusters,
+            p.iters,
+            self.cfg.train.seed,
+            self.acc.process_index,
+        )
+        self.loader.load_state_dict(start)
+        return iter(self.loader)
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -321,8 +413,39 @@ class Trainer:
         }
         files = {"config.yaml": to_yaml(self.cfg), CONFIG_NAME: json.dumps(self.open_clip_config, indent=2)}
         return save_checkpoint(
-            self.acc, self.cfg.output_dir, self.step, state, self.loader.state_dict(), files, self.cfg.train.keep_last
+            self.acc,
+            self.cfg.output_dir,
+            self.step,
+            state,
+            self.loader.state_dict(),
+            files,
+            self.cfg.train.keep_last,
+            write_extra=self._save_extra,
         )
+
+    def _save_extra(self, folder: Path) -> None:
+        """The EMA teacher (same on every rank: the main process writes it) and ProtoCLIP's episode
+        (per rank: its labels are for its own samples)."""
+        from safetensors.torch import save_file
+
+        if self.teacher is not None and self.acc.is_main_process:
+            save_file(self.teacher.state_dict(), folder / "teacher.safetensors")
+        if self.episode is not None:
+            torch.save(self.episode.state_dict(), folder / f"proto_rank{self.acc.process_index}.pt")
+
+    def _load_extra(self, folder: Path) -> None:
+        from safetensors.torch import load_file
+
+        from .protoclip import Episode
+
+        if self.teacher is not None:
+            path = folder / "teacher.safetensors"
+            if not path.is_file():
+                raise TrainingError(f"{folder} has no EMA teacher (teacher.safetensors) to resume tgc/distill from")
+            self.teacher.load_state_dict(load_file(path))
+        proto = folder / f"proto_rank{self.acc.process_index}.pt"
+        if self.proto and proto.is_file():
+            self.episode = Episode.from_state_dict(torch.load(proto, map_location="cpu", weights_only=True))
 
     # ------------------------------------------------------------------ the loop
 
@@ -340,6 +463,8 @@ class Trainer:
         try:
             while self.step < t.max_steps:
                 tic = time.perf_counter()
+                if self.proto and self.step % self.cfg.objective.proto.episode_steps == 0 and self.step > 0:
+                    batches = self._proto_episode(batches)  # ProtoCLIP: cluster the coming episode
                 batch = next(batches)
                 data_time = time.perf_counter() - tic
                 self.step += 1
@@ -372,7 +497,7 @@ class Trainer:
                     "step": self.step,
                     **{k: v for k, v in reduced.items()},
                     "lr": lr,
-                    "logit_scale": float(self.unwrapped.logit_scale.detach().float().exp().mean()),
+                    "logit_scale": float(self.unwrapped.clip.logit_scale.detach().float().exp().mean()),
                     "samples_per_s": global_batch / step_time,
                     "data_time": data_time,
                     "step_time": step_time,

@@ -1,8 +1,9 @@
-"""CLIP's symmetric InfoNCE (METHODS.md, "clip"), by open_clip's own ClipLoss."""
+"""Cross-modal InfoNCE losses: CLIP's (by open_clip's own ClipLoss) and DCL, the decoupled form."""
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from open_clip import ClipLoss
 
 _single_process = ClipLoss()
@@ -20,3 +21,32 @@ def clip_loss_local(image: torch.Tensor, text: torch.Tensor, scale: torch.Tensor
     """open_clip's local loss: this rank's rows against the gathered columns (gathered inside,
     with gradient). Its gradient, averaged over ranks, equals the global loss's."""
     return ClipLoss(local_loss=True, gather_with_grad=True, rank=rank, world_size=world_size)(image, text, scale)
+
+
+def dcl_rows(
+    image: torch.Tensor, text: torch.Tensor, scale: torch.Tensor, sigma: float | None, rows: slice
+) -> torch.Tensor:
+    """DCL averaged over the query ``rows`` of the full batch (both directions, METHODS.md "dcl").
+
+    The positive pair is left out of the denominator; with ``sigma`` (DCLW) the positive term of
+    row i is weighted by w_i = 2 − B·softmax_i(⟨v_i,u_i⟩/σ), computed over the whole batch, detached.
+    """
+    n = image.shape[0]
+    index = torch.arange(n, device=image.device)[rows]
+    positives = (image * text).sum(-1)  # ⟨v_i, u_i⟩ for the whole batch
+    weight = torch.ones_like(positives)
+    if sigma is not None:
+        weight = (2.0 - n * torch.softmax(positives / sigma, dim=0)).detach()
+    own = F.one_hot(index, n).bool()
+    terms = []
+    for queries, keys in ((image[rows], text), (text[rows], image)):
+        logits = scale * queries @ keys.T
+        negatives = torch.logsumexp(logits.masked_fill(own, float("-inf")), dim=1)
+        terms.append((-weight[rows] * scale * positives[rows] + negatives).mean())
+    return (terms[0] + terms[1]) / 2
+
+
+def dcl_loss(image: torch.Tensor, text: torch.Tensor, scale: torch.Tensor, sigma: float | None = None):
+    """Decoupled contrastive loss (Yeh et al. 2022), cross-modal, both directions; DCLW when ``sigma``
+    is given. It can be negative. Single-process semantics; normalised B×D features in."""
+    return dcl_rows(image, text, scale, sigma, slice(None))

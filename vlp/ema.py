@@ -1,0 +1,38 @@
+"""The EMA teacher of DeGLA's self-distillation: θ* ← α·θ* + (1 − α)·θ after every optimizer step.
+
+It is a plain fp32 copy of the student module, kept in eval mode with no gradient, updated from the
+student's (full) parameters. That works under DDP and DeepSpeed ZeRO 0–2, where every rank holds the
+whole module; under ZeRO-3 parameters are partitioned, and the trainer refuses teacher terms there
+rather than gather the whole model every step.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+
+
+class EMATeacher:
+    def __init__(self, student: torch.nn.Module, decay: float = 0.9996):
+        if not 0.0 <= decay < 1.0:
+            raise ValueError(f"EMA decay must be in [0, 1), got {decay}")
+        self.decay = decay
+        self.module = copy.deepcopy(student).float().eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, student: torch.nn.Module) -> None:
+        for t, s in zip(self.module.parameters(), student.parameters(), strict=True):
+            t.lerp_(s.detach().to(t.dtype), 1.0 - self.decay)
+        for t, s in zip(self.module.buffers(), student.buffers(), strict=True):
+            t.copy_(s)  # BatchNorm statistics follow the student
+
+    @torch.no_grad()
+    def __call__(self, *args, **kwargs):
+        return self.module(*args, **kwargs)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().clone().contiguous() for k, v in self.module.state_dict().items()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.module.load_state_dict(state)
