@@ -39,6 +39,8 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/loader.py
 	$(BIN)/python benchmarks/train_throughput.py
+	$(BIN)/python benchmarks/objectives.py
+	$(BIN)/python benchmarks/eval.py
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache

@@ -29,7 +29,7 @@ from . import shapes
 from .writer import ShardSink, write_json_atomic
 
 MANIFEST = "shapes_world.json"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -112,8 +112,9 @@ def _write_zeroshot(out: Path, cfg: WorldConfig, workers: int) -> dict[str, int]
                 items.extend((len(items) + k, combo, label) for k in range(cfg.zeroshot_per_class))
         split_code = "zeroshot" if split == "test" else "heldout"
         fn = functools.partial(_zeroshot_item, cfg.seed, split_code, cfg.image_size)
-        # CLIP_benchmark names shards 0.tar .. N-1.tar and reads their number from nshards.txt.
-        with ShardSink(root / split, pattern="{}.tar", shard_size=max(1, cfg.shard_size)) as sink:
+        # CLIP_benchmark names shards 0.tar .. N-1.tar and reads their number from nshards.txt; its
+        # loader needs at least as many shards as workers (4 by default), so there are 8 of them.
+        with ShardSink(root / split, pattern="{}.tar", shard_size=max(1, -(-len(items) // 8))) as sink:
             for index, members in enumerate(_map(fn, items, workers)):
                 sink.write(f"{split}_{index:06d}", members)
         (root / split / "nshards.txt").write_text(f"{len(sink.sizes)}\n")
@@ -177,7 +178,10 @@ def generate_world(
         if existing is not None and {k: existing.get(k) for k in wanted} == wanted:
             log(f"shapes world already present at {out} (same configuration); reusing it")
             return WorldSummary(str(out), existing.get("counts", {}), 0.0, reused=True)
-        if not overwrite:
+        stale = existing is not None and existing.get("format_version") != FORMAT_VERSION
+        if stale and existing.get("config") == wanted["config"]:
+            log(f"{out} was made by an older generator (format {existing.get('format_version')}); regenerating it")
+        elif not overwrite:
             raise FileExistsError(
                 f"{out} exists and is not a shapes world made with these arguments; "
                 "choose another --out or pass --overwrite"

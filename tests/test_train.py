@@ -99,7 +99,9 @@ def max_diff(a: dict, b: dict) -> float:
 @pytest.fixture(scope="module")
 def zero2_run(shards, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("zero2") / "run"
-    proc = run(launch_cmd("cpu_deepspeed_zero2.yaml", common(shards, out)))
+    zeroshot = shards.parent / "zeroshot"
+    evals = [f"eval.zeroshot=[{zeroshot}:test, {zeroshot}:heldout]", "eval.batch_size=7"]
+    proc = run(launch_cmd("cpu_deepspeed_zero2.yaml", [*common(shards, out), *evals]))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     assert "DeepSpeed ZeRO-2, 2 process(es)" in proc.stdout
     return out
@@ -132,6 +134,32 @@ def test_zero2_run_completes_checkpoints_and_exports(zero2_run, shards):
     with torch.no_grad():
         assert torch.allclose(ours.encode_image(images), model.encode_image(images), atol=1e-6)
         assert torch.allclose(ours.encode_text(texts), model.encode_text(texts), atol=1e-6)
+
+
+def test_evaluation_during_training_splits_ranks_and_matches_the_evaluator(zero2_run, shards, tmp_path):
+    from eval_zeroshot.cli import main as vlp_eval
+
+    during = {r["dataset"]: r["metrics"] for r in json.loads((zero2_run / "summary.json").read_text())["eval"]}
+    assert set(during) == {"zeroshot:test", "zeroshot:heldout"}
+    logged = [json.loads(line) for line in (zero2_run / "eval.jsonl").read_text().splitlines()]
+    assert [rec["step"] for rec in logged] == [MAX_STEPS]
+    for split in ("test", "heldout"):
+        out = tmp_path / f"{split}.json"
+        args = [
+            "zeroshot",
+            "--model",
+            f"local-dir:{zero2_run / 'export'}",
+            "--dataset",
+            str(shards.parent / "zeroshot"),
+            "--split",
+            split,
+            "--out",
+            str(out),
+        ]
+        assert vlp_eval(args) == 0
+        after = json.loads(out.read_text())["results"][0]["metrics"]
+        for name, value in after.items():
+            assert during[f"zeroshot:{split}"][name] == pytest.approx(value, abs=1e-6), (split, name)
 
 
 @pytest.mark.parametrize("how", ["single", "ddp"])

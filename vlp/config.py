@@ -102,6 +102,15 @@ class ObjectiveConfig:
 
 
 @dataclass
+class EvalConfig:
+    # Zero-shot sets evaluated during training: CLIP_benchmark wds roots, ImageFolders or caption
+    # tables, each optionally with ":split" (e.g. data/shapes/zeroshot:heldout).
+    zeroshot: list[str] = field(default_factory=list)
+    every: int = 0  # steps between evaluations; 0 = only at the end
+    batch_size: int = 64
+
+
+@dataclass
 class DebugConfig:
     # Fault injection for tests: make the loss (or a gradient) non-finite at these steps.
     nonfinite_loss_steps: list[int] = field(default_factory=list)
@@ -116,6 +125,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     debug: DebugConfig = field(default_factory=DebugConfig)
 
 
@@ -288,6 +298,8 @@ def validate(cfg: Config) -> None:
     _check(o.dcl_sigma is None or o.dcl_sigma > 0, f"objective.dcl_sigma: must be positive, got {o.dcl_sigma}")
     _check(o.proto.clusters >= 2, f"objective.proto.clusters: must be at least 2, got {o.proto.clusters}")
     _check(o.proto.episode_steps >= 1, "objective.proto.episode_steps: must be at least 1")
+    _check(cfg.eval.every >= 0, f"eval.every: must not be negative, got {cfg.eval.every}")
+    _check(cfg.eval.batch_size >= 1, f"eval.batch_size: must be at least 1, got {cfg.eval.batch_size}")
     resume = t.resume
     _check(
         resume in ("", "latest") or Path(resume).is_dir(),

@@ -22,6 +22,7 @@ class MetricsLogger:
         self.enabled = enabled
         self.total = total_steps
         self.start_step = start_step
+        self.output_dir = Path(output_dir)
         self.started = time.perf_counter()
         self._bar = None
         self._file = None
@@ -67,6 +68,20 @@ class MetricsLogger:
                 f"ETA {_duration(self.eta(step)) if step > self.start_step else '?'}",
                 flush=True,
             )
+
+    def evaluation(self, step: int, results: list[dict]) -> None:
+        """Zero-shot metrics: one record in eval.jsonl, TensorBoard scalars, a line per set."""
+        if not self.enabled or not results:
+            return
+        flat = {f"eval/{r['dataset']}/{k}": v for r in results for k, v in r["metrics"].items()}
+        with open(self.output_dir / "eval.jsonl", "a") as f:
+            f.write(json.dumps({"step": step, "results": results}) + "\n")
+        if self._tb is not None:
+            for key, value in flat.items():
+                self._tb.add_scalar(key, value, step)
+        for r in results:
+            shown = "  ".join(f"{k} {v:.4f}" for k, v in r["metrics"].items() if k in ("acc1", "acc5") or "@1" in k)
+            self.message(f"eval step {step}  {r['dataset']}: {shown}")
 
     def message(self, text: str) -> None:
         if not self.enabled:

@@ -212,6 +212,9 @@ class Trainer:
             negative_types=d.negative_types,
         )
         self.episode = None  # ProtoCLIP's current clustering
+        self.preprocess_val, self.tokenizer = built.preprocess_val, built.tokenizer
+        self.eval_sets = self._read_eval_sets()
+        self.last_eval: list[dict] = []
         self.lr_at = cosine_lr(self.base_optimizer, t.lr, min(t.warmup_steps, t.max_steps - 1), t.max_steps)
         self.step = 0
         self.skipped = 0
@@ -320,6 +323,52 @@ class Trainer:
         if self.proto:
             f.proto = proto_inputs(self.episode, batch["key"], out)
         return f
+
+    def _read_eval_sets(self) -> list:
+        from eval_zeroshot.datasets import DatasetError, read_dataset, split_spec
+
+        sets = []
+        for spec in self.cfg.eval.zeroshot:
+            path, split = split_spec(spec)
+            try:
+                ds = read_dataset(path, split)
+            except DatasetError as exn:
+                raise TrainingError(f"eval.zeroshot: {exn}") from None
+            ds.name = f"{Path(path).name}:{split}" if ds.split else Path(path).name
+            sets.append(ds)
+        return sets
+
+    def _evaluate(self) -> list[dict]:
+        """Zero-shot metrics of every eval set, the images split across ranks (a collective)."""
+        from eval_zeroshot.zeroshot import evaluate
+
+        if not self.eval_sets:
+            return []
+        clip = self.unwrapped.clip
+        was_training = clip.training
+        clip.eval()
+        # Under ZeRO-3 every forward is a collective: ranks must run the same batches, so each
+        # evaluates everything.
+        world = 1 if self.zero_stage == 3 else self.acc.num_processes
+        rank = 0 if world == 1 else self.acc.process_index
+        results = []
+        for ds in self.eval_sets:
+            metrics = evaluate(
+                clip,
+                self.preprocess_val,
+                self.tokenizer,
+                ds,
+                self.acc.device,
+                self.cfg.eval.batch_size,
+                rank=rank,
+                world_size=world,
+                dtype=self.input_dtype,
+            )
+            results.append(
+                {"dataset": ds.name, "split": ds.split, "task": ds.task, "counts": ds.counts(), "metrics": metrics}
+            )
+        clip.train(was_training)
+        return results
 
     def _sync_batchnorm_statistics(self) -> None:
         """Under DeepSpeed every rank updates BatchNorm running statistics from its own batches, and a
@@ -509,6 +558,10 @@ class Trainer:
                 if cfg.debug.step_sleep:
                     time.sleep(cfg.debug.step_sleep)
                 stop = any_rank(self.stop_signal is not None)
+                every = cfg.eval.every
+                if self.eval_sets and ((every and self.step % every == 0) or self.step == t.max_steps):
+                    self.last_eval = self._evaluate()
+                    logger.evaluation(self.step, self.last_eval)
                 if self.step % t.save_every == 0 or self.step == t.max_steps or stop:
                     path = self._save()
                     saved_at = self.step
@@ -546,6 +599,7 @@ class Trainer:
                 "export": str(export_dir),
                 "metrics": str(out / "metrics.jsonl"),
                 "tensorboard": str(out / "tensorboard"),
+                "eval": self.last_eval,
                 "config": to_dict(self.cfg),
             }
             (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -557,6 +611,10 @@ class Trainer:
                     f"#   metrics    {out / 'metrics.jsonl'}, TensorBoard in {out / 'tensorboard'}",
                     flush=True,
                 )
+            if self.last_eval:
+                from eval_zeroshot.report import zeroshot_table
+
+                print(f"\n# zero-shot evaluation at step {self.step}\n" + zeroshot_table(self.last_eval), flush=True)
         acc.wait_for_everyone()
 
 

@@ -1,0 +1,155 @@
+"""Zero-shot classification and retrieval, computed as CLIP_benchmark computes them.
+
+Classification: each class's text embedding is the renormalised mean of its normalised template
+embeddings; logits are 100·normalise(image)·W; ``acc1``/``acc5`` by top-k (``acc5`` is NaN with fewer
+than 5 classes), ``mean_per_class_recall`` is the mean recall over the classes present (scikit-learn's
+balanced accuracy). Retrieval: S = captions·imagesᵀ; ``image_retrieval_recall@k`` is the share of
+captions whose image is in the top k of its row, ``text_retrieval_recall@k`` the share of images with
+any of their captions in the top k of their column.
+
+The same functions serve the command line (one process) and the trainer (images split across ranks,
+results gathered): the numbers do not depend on how many processes computed them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from .datasets import EvalSet, Item
+
+RECALL_KS = (1, 5, 10)
+
+
+def _autocast(device: torch.device, amp: bool):
+    return torch.autocast(device.type, enabled=True) if amp else contextlib.nullcontext()
+
+
+@torch.no_grad()
+def class_embeddings(model, tokenizer, classnames: Sequence[str], templates: Sequence[str], device, amp=False):
+    """D×C classifier: per class, mean of the normalised template embeddings, renormalised."""
+    columns = []
+    for name in classnames:
+        tokens = tokenizer([t.format(c=name) for t in templates]).to(device)
+        with _autocast(device, amp):
+            emb = F.normalize(model.encode_text(tokens), dim=-1).mean(dim=0)
+        columns.append(emb / emb.norm())
+    return torch.stack(columns, dim=1)
+
+
+@torch.no_grad()
+def image_features(
+    model,
+    preprocess,
+    items: Sequence[Item],
+    device,
+    batch_size: int,
+    amp=False,
+    dtype=None,
+    progress: Callable[[int], None] | None = None,
+) -> torch.Tensor:
+    """Normalised image features of ``items`` (in order), batch by batch."""
+    out = []
+    for start in range(0, len(items), batch_size):
+        batch = torch.stack([preprocess(item.load()) for item in items[start : start + batch_size]]).to(device)
+        if dtype is not None:
+            batch = batch.to(dtype)
+        with _autocast(device, amp):
+            out.append(F.normalize(model.encode_image(batch), dim=-1).float().cpu())
+        if progress:
+            progress(min(start + batch_size, len(items)))
+    return torch.cat(out) if out else torch.zeros(0, 0)
+
+
+def classification_metrics(logits: torch.Tensor, target: torch.Tensor, n_classes: int) -> dict[str, float]:
+    pred_top = logits.topk(min(5, n_classes), dim=1)[1]
+    acc1 = (pred_top[:, 0] == target).float().mean().item()
+    acc5 = (pred_top == target[:, None]).any(dim=1).float().mean().item() if n_classes >= 5 else float("nan")
+    pred = logits.argmax(dim=1)
+    recalls = [
+        ((pred == c) & (target == c)).sum().item() / (target == c).sum().item() for c in target.unique().tolist()
+    ]
+    return {"acc1": acc1, "acc5": acc5, "mean_per_class_recall": sum(recalls) / len(recalls)}
+
+
+def retrieval_metrics(
+    image_emb: torch.Tensor, text_emb: torch.Tensor, text_image: torch.Tensor, ks: Sequence[int] = RECALL_KS
+) -> dict[str, float]:
+    """``text_image[t]``: the index of caption t's image."""
+    scores = text_emb @ image_emb.T
+    positive = torch.zeros_like(scores, dtype=torch.bool)
+    positive[torch.arange(len(scores)), text_image] = True
+    metrics = {}
+    for k in ks:
+        top_images = scores.topk(min(k, scores.shape[1]), dim=1)[1]
+        metrics[f"image_retrieval_recall@{k}"] = positive.gather(1, top_images).any(1).float().mean().item()
+        top_texts = scores.T.topk(min(k, scores.shape[0]), dim=1)[1]
+        metrics[f"text_retrieval_recall@{k}"] = positive.T.gather(1, top_texts).any(1).float().mean().item()
+    return metrics
+
+
+def _gather_rows(x: torch.Tensor, index: torch.Tensor, n: int, rank: int, world: int) -> torch.Tensor:
+    """Reassemble rows computed round-robin across ranks into the full, ordered matrix."""
+    if world == 1:
+        return x
+    import torch.distributed as dist
+
+    parts: list = [None] * world
+    dist.all_gather_object(parts, (index, x))
+    full = torch.zeros(n, *x.shape[1:], dtype=x.dtype)
+    for idx, rows in parts:
+        full[idx] = rows
+    return full
+
+
+@torch.no_grad()
+def evaluate(
+    model,
+    preprocess,
+    tokenizer,
+    dataset: EvalSet,
+    device: torch.device | str = "cpu",
+    batch_size: int = 64,
+    amp: bool = False,
+    templates: Sequence[str] | None = None,
+    rank: int = 0,
+    world_size: int = 1,
+    dtype: torch.dtype | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> dict[str, float]:
+    """Metrics of one dataset. With ``world_size`` > 1 every rank encodes its share of the images
+    (round-robin) and the results are gathered: a collective, every rank gets the metrics."""
+    device = torch.device(device)
+    mine = list(range(rank, len(dataset.items), world_size))
+    feats = image_features(
+        model, preprocess, [dataset.items[i] for i in mine], device, batch_size, amp, dtype, progress
+    )
+    feats = _gather_rows(feats, torch.tensor(mine, dtype=torch.long), len(dataset.items), rank, world_size)
+    if dataset.task == "classification":
+        templates = list(templates or dataset.templates or [])
+        if not templates:
+            raise ValueError(f"{dataset.name}: no templates (give --templates FILE or the dataset's templates file)")
+        classifier = class_embeddings(model, tokenizer, dataset.classnames, templates, device, amp).float().cpu()
+        logits = 100.0 * feats @ classifier
+        target = torch.tensor([item.label for item in dataset.items])
+        if int(target.max()) >= len(dataset.classnames):
+            raise ValueError(
+                f"{dataset.name}: label {int(target.max())} but only {len(dataset.classnames)} class names"
+            )
+        return classification_metrics(logits, target, len(dataset.classnames))
+    captions = [c for item in dataset.items for c in item.captions]
+    owner = torch.tensor([i for i, item in enumerate(dataset.items) for _ in item.captions])
+    text_rows = []
+    for start in range(0, len(captions), batch_size):
+        tokens = tokenizer(captions[start : start + batch_size]).to(device)
+        with _autocast(device, amp):
+            text_rows.append(F.normalize(model.encode_text(tokens), dim=-1).float().cpu())
+    return retrieval_metrics(feats, torch.cat(text_rows), owner)
+
+
+def is_nan(x: float) -> bool:
+    return isinstance(x, float) and math.isnan(x)
