@@ -25,12 +25,17 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # The main job on the built-in shapes world: generate it (once), train the tiny CLIP with 2 processes
-# under DeepSpeed ZeRO-2 on CPU, export it to runs/demo/export, print the summary. runs/demo is rewritten.
+# under DeepSpeed ZeRO-2 on CPU (zero-shot evaluation during training), export it to runs/demo/export,
+# then score it on the shapes world's compositional probes. runs/demo is rewritten.
 demo: $(STAMP)
 	$(BIN)/vlp-data shapes --out $(DATA)
 	rm -rf runs/demo
 	$(BIN)/accelerate launch --config_file launch/accelerate/cpu_deepspeed_zero2.yaml \
-		-m vlp.train --config configs/demo.yaml data.shapes_world=$(DATA)
+		-m vlp.train --config configs/demo.yaml data.shapes_world=$(DATA) \
+		"eval.zeroshot=[$(DATA)/zeroshot:test, $(DATA)/zeroshot:heldout]"
+	@echo
+	$(BIN)/vlp-eval compositional --model local-dir:runs/demo/export --benchmark shapes \
+		--data $(DATA)/compositional --out runs/demo/compositional_shapes.json
 
 test: $(STAMP)
 	$(BIN)/ruff check .

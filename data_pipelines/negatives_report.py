@@ -31,8 +31,11 @@ def default_sugarcrepe_dir() -> Path | None:
     env = os.environ.get("VLP_SUGARCREPE")
     if env:
         return Path(env)
-    path = Path(__file__).resolve().parents[2] / "shared" / "benchmarks" / "sugarcrepe"
-    return path if path.is_dir() else None
+    for shared in (Path(__file__).resolve().parents[2] / "shared", Path("/work/shared")):
+        path = shared / "benchmarks" / "sugarcrepe"
+        if path.is_dir():
+            return path
+    return None
 
 
 def token_edit_distance(a: str, b: str) -> int:

@@ -72,6 +72,82 @@ def cmd_zeroshot(args: argparse.Namespace) -> int:
     return 0
 
 
+BENCHMARKS = ("sugarcrepe", "aro-vgr", "aro-vga", "aro-coco-order", "aro-flickr-order", "shapes")
+
+
+def run_compositional(args: argparse.Namespace, loaded) -> dict:
+    """Score one benchmark; returns the result record (subsets, pooled, metadata)."""
+    from . import compositional as C
+
+    data = Path(args.data)
+    scorer = C.Scorer(loaded.model, loaded.preprocess, loaded.tokenizer, args.device, args.batch_size)
+    result = {"model": args.model, "pretrained": args.pretrained, "benchmark": args.benchmark, "pooled": {}}
+    if args.benchmark in ("sugarcrepe", "shapes"):
+        images = Path(args.images) if args.images else (data / "images" if args.benchmark == "shapes" else None)
+        if images is None:
+            raise C.DatasetError("SugarCrepe needs --images (the COCO val2017 folder)")
+        subsets = C.read_sugarcrepe(data, images)
+        if args.benchmark == "shapes" and (data / "heldout").is_dir():
+            subsets.update({f"heldout/{k}": v for k, v in C.read_sugarcrepe(data / "heldout", images).items()})
+        result["subsets"] = C.score_pairs(scorer, subsets)
+        if args.benchmark == "sugarcrepe":
+            result["pooled"] = C.pooled(result["subsets"], C.SUGARCREPE_GROUPS)
+            result["reference_key"] = "sugarcrepe"
+        result["chance"] = 0.5
+        return result
+    if args.benchmark in ("aro-vgr", "aro-vga"):
+        images = Path(args.images) if args.images else data.parent / "images"
+        records = C.read_aro_vg(data, images)
+        correct = C.score_aro_vg(scorer, records, images)
+        if args.benchmark == "aro-vgr":
+            exclude = set(json.loads(Path(args.exclude).read_text())) if args.exclude else set()
+            score, groups = C.macro_accuracy(correct, C.vg_relation_groups(records), exclude=exclude)
+            name = "vg_relation"
+        else:
+            score, groups = C.macro_accuracy(correct, C.vg_attribution_groups(records), min_cases=C.ARO_MIN_PAIR_CASES)
+            name = "vg_attribution"
+        result.update(
+            subsets={name: {"accuracy": score, "n": sum(g["n"] for g in groups.values())}},
+            groups=groups,
+            reference_key="aro",
+            chance=0.5,
+        )
+        return result
+    images = Path(args.images) if args.images else data.parent
+    cases = C.read_karpathy(data, images)
+    tagger = C.lexicon_pos_tagger() if args.tagger == "lexicon" else C.spacy_pos_tagger()
+    correct = C.score_order(scorer, cases, tagger, args.seed)
+    name = "coco_order" if args.benchmark == "aro-coco-order" else "flickr_order"
+    result.update(
+        subsets={name: {"accuracy": correct.float().mean().item(), "n": len(cases)}},
+        seed=args.seed,
+        tagger=args.tagger,
+        reference_key="aro",
+        chance=0.2,
+    )
+    return result
+
+
+def cmd_compositional(args: argparse.Namespace) -> int:
+    from .compositional_report import bar_chart, markdown
+    from .datasets import DatasetError
+    from .models import ModelError, load_model
+
+    if not Path(args.data).exists():
+        return _err(f"--data {args.data} does not exist")
+    try:
+        loaded = load_model(args.model, args.pretrained, args.device)
+        result = run_compositional(args, loaded)
+    except (DatasetError, ModelError) as exn:
+        return _err(str(exn))
+    print(markdown(result))
+    if args.out:
+        Path(args.out).write_text(json.dumps(result, indent=2, default=str) + "\n")
+        chart = bar_chart(result, Path(args.out).with_suffix(".png"))
+        print(f"\nwritten {args.out} and {chart}", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vlp-eval", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -100,6 +176,38 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--amp", action="store_true", help="autocast (default fp32, as CLIP_benchmark --no_amp)")
     s.add_argument("--out", default=None, help="results JSON")
     s.set_defaults(fn=cmd_zeroshot)
+
+    s = sub.add_parser(
+        "compositional",
+        help="SugarCrepe, ARO and the shapes world, scored as the official scripts",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    s.add_argument("--model", required=True, help="open_clip model spec, as for zeroshot")
+    s.add_argument("--pretrained", default="")
+    s.add_argument("--benchmark", required=True, choices=BENCHMARKS)
+    s.add_argument(
+        "--data",
+        required=True,
+        help="sugarcrepe/shapes: folder of *.json; aro-vg*: the annotation JSON; *-order: the Karpathy test JSON",
+    )
+    s.add_argument(
+        "--images",
+        default=None,
+        help="image folder (sugarcrepe: COCO val2017; aro-vg*: default DATA's folder/images; "
+        "*-order: default DATA's folder; shapes: DATA/images)",
+    )
+    s.add_argument("--exclude", default=None, help="aro-vgr: JSON list of relations left out of the macro average")
+    s.add_argument("--seed", type=int, default=1, help="*-order: seed of the shuffles (official default 1)")
+    s.add_argument(
+        "--tagger",
+        choices=("spacy", "lexicon"),
+        default="spacy",
+        help="*-order: part-of-speech tagger for the noun/adjective shuffles",
+    )
+    s.add_argument("--batch-size", type=int, default=64)
+    s.add_argument("--device", default="cpu")
+    s.add_argument("--out", default=None, help="results JSON (a PNG bar chart is written beside it)")
+    s.set_defaults(fn=cmd_compositional)
     return p
 
 

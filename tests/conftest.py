@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import signal
 from contextlib import contextmanager
 from pathlib import Path
@@ -14,7 +15,18 @@ from data_pipelines.shapes_world import WorldConfig, generate_world
 from data_pipelines.writer import ShardSink
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
+
+
+def _shared() -> Path:
+    """The workplace's shared folder (benchmark files): $VLP_SHARED, beside the checkout, or /work/shared."""
+    candidates = [os.environ.get("VLP_SHARED"), REPO.parent / "shared", "/work/shared"]
+    for c in candidates:
+        if c and (Path(c) / "benchmarks").is_dir():
+            return Path(c)
+    return REPO.parent / "shared"
+
+
+SHARED = _shared()
 
 
 @pytest.fixture(scope="session")
@@ -77,3 +89,19 @@ def deadline(seconds: int):
     finally:
         signal.alarm(0)
         signal.signal(signal.SIGALRM, old)
+
+
+@pytest.fixture(scope="session")
+def exported(tmp_path_factory) -> Path:
+    """A randomly initialised tiny ViT CLIP, exported as an open_clip local dir (deterministic)."""
+    import torch
+
+    from vlp.config import ModelConfig
+    from vlp.export import export_state
+    from vlp.model import build_model
+
+    torch.manual_seed(0)
+    built = build_model(ModelConfig(name=str(REPO / "configs/models/vlp-tiny-vit.json")))
+    out = tmp_path_factory.mktemp("export") / "model"
+    export_state(built.model.state_dict(), built.open_clip_config, out)
+    return out

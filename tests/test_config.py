@@ -54,6 +54,8 @@ def test_cli_refuses_bad_configs_before_writing_anything(tmp_path, capsys):
         [f"output_dir={out}", "data.train=somewhere/", "train.max_steps=-1"],
         [f"output_dir={out}", f"data.train={tmp_path}/nothing-{{0..3}}.tar"],
         [f"output_dir={out}", "data.train=x", "model.name=configs/models/nope.json", "train.bogus=1"],
+        [f"output_dir={out}", f"data.train={tmp_path}", f"model.name=local-dir:{tmp_path}/no_export"],
+        [f"output_dir={out}", f"data.train={tmp_path}", "model.name=ViT-B-32", "model.pretrained=/no/such.pt"],
     ]
     for argv in cases:
         assert vlp_train(argv) == 2

@@ -18,9 +18,6 @@ from eval_zeroshot.cli import main as vlp_eval
 from eval_zeroshot.datasets import EvalSet, Item
 from eval_zeroshot.zeroshot import evaluate, retrieval_metrics
 from tests.conftest import REPO, write_shards
-from vlp.config import ModelConfig
-from vlp.export import export_state
-from vlp.model import build_model
 
 BIN = Path(sys.executable).parent
 
@@ -69,16 +66,6 @@ def test_hand_built_classification_and_retrieval():
     assert r["image_retrieval_recall@1"] == pytest.approx(3 / 4)
     assert r["text_retrieval_recall@1"] == pytest.approx(3 / 3)  # image 0: caption 0 ranks first
     assert r["image_retrieval_recall@2"] == pytest.approx(4 / 4)
-
-
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory) -> Path:
-    """A randomly initialised tiny model, exported as an open_clip local dir (deterministic)."""
-    torch.manual_seed(0)
-    built = build_model(ModelConfig(name=str(REPO / "configs/models/vlp-tiny-vit.json")))
-    out = tmp_path_factory.mktemp("export") / "model"
-    export_state(built.model.state_dict(), built.open_clip_config, out)
-    return out
 
 
 def clip_benchmark(model: Path, root: Path, split: str, task: str, out: Path) -> dict:

@@ -96,6 +96,19 @@ def _register(cfg: ModelConfig) -> str:
     return cfg.name
 
 
+def check_spec(cfg: ModelConfig) -> None:
+    """Fail before anything is written when the model cannot be found (a clear message, exit 2)."""
+    if cfg.arch is None and cfg.name.startswith("local-dir:"):
+        folder = Path(cfg.name[len("local-dir:") :])
+        if not (folder / "open_clip_config.json").is_file():
+            raise ConfigError(f"model.name: {folder} is not an open_clip local dir (no open_clip_config.json)")
+    else:
+        _register(cfg)
+    if cfg.pretrained and ("/" in cfg.pretrained or Path(cfg.pretrained).suffix in (".pt", ".bin", ".safetensors")):
+        if not Path(cfg.pretrained).is_file():
+            raise ConfigError(f"model.pretrained: {cfg.pretrained} does not exist")
+
+
 def build_model(cfg: ModelConfig, augment: bool = True) -> BuiltModel:
     """Create the model with a [1]-shaped logit scale (DeepSpeed 0.19.8 cannot broadcast 0-dim
     parameters), its open_clip transforms and tokenizer, and apply tower locking and checkpointing."""

@@ -641,6 +641,9 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.distributed")
     try:
         cfg = load_config(args.config, args.overrides)
+        from .model import check_spec
+
+        check_spec(cfg.model)
         if cfg.data.train:
             from data_pipelines.specs import SpecError, parse_sources
 

@@ -1,0 +1,322 @@
+"""Compositional benchmarks exactly as their official scripts score them.
+
+* SugarCrepe (``main_eval.py``): per pair, correct iff ⟨g+, f⟩ > ⟨g−, f⟩ — strictly, a tie is wrong;
+  accuracy per file; REPLACE / SWAP / ADD pooled (weighted by size). fp32.
+* ARO VG-Relation / VG-Attribution: the image cropped to the bbox; options ``[false, true]``;
+  prediction = first argmax, so a tie picks the false caption; VG-R macro accuracy over relations not
+  in the exclusion list, VG-A macro accuracy over attribute pairs with at least 25 cases.
+* ARO COCO-Order / Flickr30k-Order: one case per caption with options ``[original, shuffled nouns and
+  adjectives, shuffled all but nouns and adjectives, shuffled within trigrams, shuffled trigrams]``,
+  each through ``pre_caption(·, 30)``; correct iff the argmax is the original (a tie counts as
+  correct); seeded shuffles.
+* shapes: the shapes world's compositional files with SugarCrepe's scoring, held-out split included.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from .datasets import DatasetError
+
+SUGARCREPE_FILES = ("replace_obj", "replace_att", "replace_rel", "swap_obj", "swap_att", "add_obj", "add_att")
+SUGARCREPE_GROUPS = {
+    "REPLACE": ("replace_obj", "replace_att", "replace_rel"),
+    "SWAP": ("swap_obj", "swap_att"),
+    "ADD": ("add_obj", "add_att"),
+}
+ARO_MIN_PAIR_CASES = 25
+
+# Published reference rows (EVAL_PROTOCOLS.md), accuracies in percent.
+REFERENCES: dict[str, dict[str, dict[str, float]]] = {
+    "sugarcrepe": {
+        "CLIP ViT-B/32": dict(zip(SUGARCREPE_FILES, (90.92, 80.08, 69.20, 61.38, 63.96, 77.21, 68.79), strict=True)),
+        "NegCLIP": dict(zip(SUGARCREPE_FILES, (92.7, 85.9, 76.5, 75.2, 75.4, 88.8, 82.8), strict=True)),
+        "DeGLA": dict(zip(SUGARCREPE_FILES, (94.5, 92.6, 84.2, 81.6, 82.1, 93.8, 95.7), strict=True)),
+    },
+    "aro": {
+        "CLIP ViT-B/32": {"vg_relation": 59.2, "vg_attribution": 62.9, "coco_order": 48.4, "flickr_order": 59.1},
+        "NegCLIP": {"vg_relation": 80.4, "vg_attribution": 70.5, "coco_order": 86.9, "flickr_order": 90.5},
+        "DeGLA": {"vg_relation": 81.6, "vg_attribution": 74.3, "coco_order": 93.8, "flickr_order": 94.7},
+    },
+}
+
+
+@dataclass
+class Scorer:
+    """Normalised image and text features of one model, images cached by path and crop."""
+
+    model: torch.nn.Module
+    preprocess: Callable
+    tokenizer: Callable
+    device: torch.device
+    batch_size: int = 64
+
+    def __post_init__(self):
+        self._images: dict = {}
+
+    @torch.no_grad()
+    def images(self, keys: Sequence[tuple], loader: Callable[[tuple], Image.Image]) -> torch.Tensor:
+        todo = [k for k in dict.fromkeys(keys) if k not in self._images]
+        for start in range(0, len(todo), self.batch_size):
+            chunk = todo[start : start + self.batch_size]
+            batch = torch.stack([self.preprocess(loader(k)) for k in chunk]).to(self.device)
+            feats = F.normalize(self.model.encode_image(batch), dim=-1).float().cpu()
+            self._images.update(zip(chunk, feats, strict=True))
+        return torch.stack([self._images[k] for k in keys])
+
+    @torch.no_grad()
+    def texts(self, texts: Sequence[str]) -> torch.Tensor:
+        out = []
+        for start in range(0, len(texts), self.batch_size):
+            tokens = self.tokenizer(list(texts[start : start + self.batch_size])).to(self.device)
+            out.append(F.normalize(self.model.encode_text(tokens), dim=-1).float().cpu())
+        return torch.cat(out)
+
+
+def _open_rgb(path: Path) -> Image.Image:
+    try:
+        with Image.open(path) as im:
+            return im.convert("RGB")
+    except Exception as exn:  # noqa: BLE001
+        raise DatasetError(f"cannot read image {path}: {exn}") from None
+
+
+def _check_images(paths: Sequence[Path], where: str) -> None:
+    missing = sorted({str(p) for p in paths if not p.is_file()})
+    if missing:
+        shown = ", ".join(missing[:5])
+        raise DatasetError(
+            f"{len(missing)} images of {where} are missing: {shown}{', ...' if len(missing) > 5 else ''}"
+        )
+
+
+# ---------------------------------------------------------------- SugarCrepe (and the shapes world)
+
+
+def strict_pair_correct(image: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor) -> torch.Tensor:
+    """SugarCrepe's rule: correct iff ⟨g+, f⟩ > ⟨g−, f⟩ (a tie is wrong)."""
+    return (image * positive).sum(-1) > (image * negative).sum(-1)
+
+
+def read_sugarcrepe(folder: Path, images: Path) -> dict[str, list[dict]]:
+    files = sorted(folder.glob("*.json"))
+    if not files:
+        raise DatasetError(f"{folder} holds no SugarCrepe *.json files")
+    subsets = {}
+    for path in files:
+        try:
+            data = json.loads(path.read_text())
+        except ValueError as exn:
+            raise DatasetError(f"{path}: not valid JSON ({exn})") from None
+        items = []
+        for key, item in data.items():
+            if not {"filename", "caption", "negative_caption"} <= set(item):
+                raise DatasetError(f"{path}: item {key} lacks filename/caption/negative_caption")
+            items.append({"image": images / item["filename"], "pos": item["caption"], "neg": item["negative_caption"]})
+        subsets[path.stem] = items
+    _check_images([i["image"] for items in subsets.values() for i in items], f"{folder} (looked in {images})")
+    return subsets
+
+
+def score_pairs(scorer: Scorer, subsets: dict[str, list[dict]]) -> dict[str, dict]:
+    results = {}
+    for name, items in subsets.items():
+        keys = [(i["image"],) for i in items]
+        f = scorer.images(keys, lambda k: _open_rgb(k[0]))
+        correct = strict_pair_correct(
+            f, scorer.texts([i["pos"] for i in items]), scorer.texts([i["neg"] for i in items])
+        )
+        results[name] = {"accuracy": correct.float().mean().item(), "n": len(items)}
+    return results
+
+
+def pooled(results: dict[str, dict], groups: dict[str, Sequence[str]]) -> dict[str, dict]:
+    out = {}
+    for group, names in groups.items():
+        present = [results[n] for n in names if n in results]
+        if present:
+            n = sum(r["n"] for r in present)
+            out[group] = {"accuracy": sum(r["accuracy"] * r["n"] for r in present) / n, "n": n}
+    return out
+
+
+# ---------------------------------------------------------------- ARO: VG-Relation, VG-Attribution
+
+
+def first_argmax_correct(scores: torch.Tensor, correct_option: int) -> torch.Tensor:
+    """Per row, whether the first maximal option is the correct one (ties go to the earliest)."""
+    return scores.argmax(dim=1) == correct_option
+
+
+def read_aro_vg(path: Path, images: Path) -> list[dict]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exn:
+        raise DatasetError(f"{path}: cannot read ARO annotations ({exn})") from None
+    for i, rec in enumerate(data):
+        missing = {"image_path", "bbox_x", "bbox_y", "bbox_w", "bbox_h", "true_caption", "false_caption"} - set(rec)
+        if missing:
+            raise DatasetError(f"{path}: item {i} lacks {sorted(missing)}")
+    _check_images([images / r["image_path"] for r in data], f"{path} (looked in {images})")
+    return data
+
+
+def crop_box(rec: dict) -> tuple[int, int, int, int]:
+    x, y, w, h = (rec["bbox_x"], rec["bbox_y"], rec["bbox_w"], rec["bbox_h"])
+    return (x, y, x + w, y + h)
+
+
+def score_aro_vg(scorer: Scorer, data: list[dict], images: Path) -> torch.Tensor:
+    keys = [(images / r["image_path"], crop_box(r)) for r in data]
+    f = scorer.images(keys, lambda k: _open_rgb(k[0]).crop(k[1]))
+    false = scorer.texts([r["false_caption"] for r in data])
+    true = scorer.texts([r["true_caption"] for r in data])
+    scores = torch.stack([(f * false).sum(-1), (f * true).sum(-1)], dim=1)  # options [false, true]
+    return first_argmax_correct(scores, 1)
+
+
+def macro_accuracy(
+    correct: torch.Tensor, groups: Sequence[str], exclude: set[str] = frozenset(), min_cases: int = 0
+) -> tuple[float, dict[str, dict]]:
+    """Unweighted mean of per-group accuracy over groups not excluded and with enough cases."""
+    by_group: dict[str, list[bool]] = defaultdict(list)
+    for ok, g in zip(correct.tolist(), groups, strict=True):
+        by_group[g].append(ok)
+    kept = {
+        g: {"accuracy": sum(v) / len(v), "n": len(v)}
+        for g, v in by_group.items()
+        if g not in exclude and len(v) >= min_cases
+    }
+    if not kept:
+        raise DatasetError("no group is left to average (all excluded or too small)")
+    return sum(r["accuracy"] for r in kept.values()) / len(kept), kept
+
+
+def vg_relation_groups(data: list[dict]) -> list[str]:
+    return [r["relation_name"] for r in data]
+
+
+def vg_attribution_groups(data: list[dict]) -> list[str]:
+    return [f"{r['attributes'][0]}_{r['attributes'][1]}" for r in data]
+
+
+# ---------------------------------------------------------------- ARO: COCO-Order, Flickr30k-Order
+
+
+def pre_caption(caption: str, max_words: int = 30) -> str:
+    """BLIP's caption cleaning, as ARO applies it."""
+    caption = re.sub(r"([.!\"()*#:;~])", " ", caption.lower())
+    caption = re.sub(r"\s{2,}", " ", caption).rstrip("\n").strip(" ")
+    return " ".join(caption.split(" ")[:max_words])
+
+
+def _shuffle_where(words: list[str], chosen: Sequence[bool], rng: random.Random) -> list[str]:
+    idx = [i for i, c in enumerate(chosen) if c]
+    picked = [words[i] for i in idx]
+    rng.shuffle(picked)
+    out = list(words)
+    for i, w in zip(idx, picked, strict=True):
+        out[i] = w
+    return out
+
+
+def shuffle_nouns_and_adjectives(words: list[str], tags: Sequence[str], rng: random.Random) -> list[str]:
+    return _shuffle_where(words, [t in ("NOUN", "ADJ") for t in tags], rng)
+
+
+def shuffle_all_but_nouns_and_adjectives(words: list[str], tags: Sequence[str], rng: random.Random) -> list[str]:
+    return _shuffle_where(words, [t not in ("NOUN", "ADJ") for t in tags], rng)
+
+
+def _trigrams(words: list[str]) -> list[list[str]]:
+    return [words[i : i + 3] for i in range(0, len(words), 3)]
+
+
+def shuffle_within_trigrams(words: list[str], rng: random.Random) -> list[str]:
+    out = []
+    for tri in _trigrams(words):
+        tri = list(tri)
+        rng.shuffle(tri)
+        out += tri
+    return out
+
+
+def shuffle_trigrams(words: list[str], rng: random.Random) -> list[str]:
+    tris = _trigrams(words)
+    rng.shuffle(tris)
+    return [w for tri in tris for w in tri]
+
+
+def order_options(caption: str, tagger: Callable[[list[str]], list[str]], rng: random.Random) -> list[str]:
+    """[original, nouns+adjectives shuffled, the rest shuffled, within trigrams, trigrams], cleaned."""
+    words = pre_caption(caption).split()
+    tags = tagger(words)
+    variants = [
+        words,
+        shuffle_nouns_and_adjectives(words, tags, rng),
+        shuffle_all_but_nouns_and_adjectives(words, tags, rng),
+        shuffle_within_trigrams(words, rng),
+        shuffle_trigrams(words, rng),
+    ]
+    return [pre_caption(" ".join(v)) for v in variants]
+
+
+def spacy_pos_tagger() -> Callable[[list[str]], list[str]]:
+    try:
+        import spacy
+
+        nlp = spacy.load("en_core_web_sm")
+    except Exception:  # noqa: BLE001
+        raise DatasetError(
+            "COCO-Order and Flickr30k-Order shuffle nouns and adjectives, which needs spaCy's English tagger "
+            "(as the official code): pip install spacy, then install the en_core_web_sm model package. "
+            "Or pass --tagger lexicon to use vlp's own lexicon (numbers then differ from the official ones)."
+        ) from None
+    from spacy.tokens import Doc
+
+    return lambda words: [t.pos_ for t in nlp(Doc(nlp.vocab, words=words))]
+
+
+def lexicon_pos_tagger() -> Callable[[list[str]], list[str]]:
+    """NOUN/ADJ from data_pipelines' lexicon (single words), everything else X."""
+    from data_pipelines import lexicon as lx
+
+    nouns = {n for g in lx.NOUN_GROUPS.values() for n in g if " " not in n}
+    nouns |= {lx.plural(n) for n in nouns}
+    adjectives = {a for g in lx.ATTRIBUTE_GROUPS.values() for a in g}
+    return lambda words: ["NOUN" if w in nouns else "ADJ" if w in adjectives else "X" for w in words]
+
+
+def read_karpathy(path: Path, images: Path) -> list[dict]:
+    """Karpathy-split test JSON: a list of {"image": relative path, "caption": [captions]}."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exn:
+        raise DatasetError(f"{path}: cannot read the Karpathy test file ({exn})") from None
+    cases = []
+    for i, rec in enumerate(data):
+        if "image" not in rec or "caption" not in rec:
+            raise DatasetError(f"{path}: item {i} lacks image/caption")
+        captions = rec["caption"] if isinstance(rec["caption"], list) else [rec["caption"]]
+        cases += [{"image": images / rec["image"], "caption": c} for c in captions]
+    _check_images([c["image"] for c in cases], f"{path} (looked in {images})")
+    return cases
+
+
+def score_order(scorer: Scorer, cases: list[dict], tagger, seed: int) -> torch.Tensor:
+    rng = random.Random(seed)
+    options = [order_options(c["caption"], tagger, rng) for c in cases]
+    f = scorer.images([(c["image"],) for c in cases], lambda k: _open_rgb(k[0]))
+    flat = scorer.texts([o for opts in options for o in opts]).reshape(len(cases), 5, -1)
+    scores = torch.einsum("nd,nkd->nk", f, flat)
+    return first_argmax_correct(scores, 0)  # a tie with the original goes to the original: correct
