@@ -94,8 +94,10 @@ class ShardStream(IterableDataset):
         drop_last: bool,
         batches_per_worker: int | None,
         max_consecutive_skips: int,
+        captions: bool = False,
     ):
         self.sources = list(sources)
+        self.captions = captions
         self.mode = mode
         self.preprocess = preprocess
         self.tokenizer = tokenizer
@@ -177,6 +179,8 @@ class ShardStream(IterableDataset):
             "text": self.tokenizer([it[1] for it in items]),
             "key": [it[3] for it in items],
         }
+        if self.captions:
+            batch["caption"] = [it[1] for it in items]
         if self.num_negatives:
             k = self.num_negatives
             flat = [(negs[j] if j < len(negs) else "") for _, _, negs, _ in items for j in range(k)]
@@ -249,6 +253,7 @@ class StreamingLoader:
             when ``sizes.json`` knows it, else 1000 per shard).
         drop_last: drop each worker's last partial batch (keeps batch shapes equal across ranks).
         max_consecutive_skips: a worker that skips this many samples in a row stops the run.
+        captions: also return the caption strings (``caption``), e.g. for an external text teacher.
     """
 
     def __init__(
@@ -272,6 +277,7 @@ class StreamingLoader:
         epoch_samples: int | None = None,
         max_consecutive_skips: int = 1000,
         prefetch_factor: int = 2,
+        captions: bool = False,
     ):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -325,6 +331,7 @@ class StreamingLoader:
             drop_last=drop_last,
             batches_per_worker=batches_per_worker,
             max_consecutive_skips=max_consecutive_skips,
+            captions=captions,
         )
         self._reset_epoch(0)
         self._skipped_done: dict[str, int] = {}

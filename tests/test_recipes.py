@@ -98,3 +98,29 @@ def test_teacher_and_episodes_resume_exactly(recipe, resume_at, world, tmp_path)
     for step in b:
         for key in ("loss", *json.loads((full / "summary.json").read_text())["config"]["objective"]["terms"]):
             assert abs(a[step][key] - b[step][key]) <= 1e-5, (step, key, a[step][key], b[step][key])
+
+
+def test_protoclip_external_teacher(world, tmp_path):
+    """ProtoCLIP with the packaged sentence embedder clustering the captions (no download)."""
+    out = tmp_path / "external"
+    terms = "objective.terms={clip: 1.0, proto: 1.0, proto_external: 0.5}"
+    cmd = launch_cmd(
+        "cpu_deepspeed_zero2.yaml", ["--config", str(REPO / "configs/protoclip.yaml"), *overrides(world, out), terms]
+    )
+    proc = run(cmd)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    logged = metrics(out)
+    assert all(logged[s]["proto_external"] == 0.0 for s in range(1, 6))
+    assert all(logged[s]["proto_external"] > 0.0 for s in range(6, STEPS + 1))
+    import torch
+
+    episode = torch.load(out / "checkpoints" / f"step_{STEPS}" / "proto_rank0.pt", weights_only=True)
+    assert episode["labels"].shape[1] == 3 and episode["image_from_external"].shape == (4, 128)
+
+
+def test_sentence_teacher_is_offline_and_semantic():
+    from vlp.protoclip import SentenceTeacher
+
+    emb = SentenceTeacher()(["a red circle", "a red round shape", "a blue square"])
+    assert emb.shape == (3, 384)
+    assert (emb[0] @ emb[1]) > (emb[0] @ emb[2])

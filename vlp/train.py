@@ -172,7 +172,15 @@ class Trainer:
             tgc_temperature=o.tgc_temperature,
             proto_target_temperature=o.proto.target_temperature,
         )
-        self.proto = "proto" in o.terms
+        self.proto = bool({"proto", "proto_external"} & set(o.terms))
+        self.sentence_teacher = None
+        if "proto_external" in o.terms:
+            from .protoclip import SentenceTeacher
+
+            try:
+                self.sentence_teacher = SentenceTeacher(acc.device)
+            except RuntimeError as exn:
+                raise TrainingError(str(exn)) from None
         if self.objective.needs_teacher and self.zero_stage == 3:
             raise TrainingError(
                 "the EMA teacher (objective terms tgc, distill) needs whole parameters on every rank: "
@@ -210,6 +218,7 @@ class Trainer:
             drop_last=True,
             num_negatives=d.negatives if self.objective.needs_negatives else 0,
             negative_types=d.negative_types,
+            captions=self.sentence_teacher is not None,
         )
         self.episode = None  # ProtoCLIP's current clustering
         self.preprocess_val, self.tokenizer = built.preprocess_val, built.tokenizer
@@ -425,7 +434,7 @@ class Trainer:
         p = self.cfg.objective.proto
         index = (self.step - 1) // p.episode_steps
         start = self.loader.state_dict()
-        keys, image_proj, text_proj = [], [], []
+        keys, image_proj, text_proj, captions = [], [], [], []
         self.model.eval()
         with torch.no_grad(), self.acc.autocast():
             for _ in range(p.episode_steps):
@@ -433,8 +442,10 @@ class Trainer:
                 images = batch["image"].to(self.acc.device, dtype=self.input_dtype)
                 out = self.model(image=images, text=batch["text"].to(self.acc.device))
                 keys += batch["key"]
+                captions += batch.get("caption", [])
                 image_proj.append(out["image_proj"].float())
                 text_proj.append(out["text_proj"].float())
+        external = self.sentence_teacher(captions).to(self.acc.device) if self.sentence_teacher else None
         self.episode = cluster_episode(
             index,
             keys,
@@ -444,6 +455,7 @@ class Trainer:
             p.iters,
             self.cfg.train.seed,
             self.acc.process_index,
+            external=external,
         )
         self.loader.load_state_dict(start)
         return iter(self.loader)

@@ -26,7 +26,7 @@ from .distill import distill_loss
 from .hard_negatives import igc_loss, negclip_loss, negclip_rows, tgc_loss
 from .proto import back_translate, proto_loss
 
-NEGATIVES, TEACHER_TEXT, TEACHER_ALL, PROTO = "negatives", "teacher_text", "teacher_all", "proto"
+NEGATIVES, TEACHER_TEXT, TEACHER_ALL, PROTO, EXTERNAL = "negatives", "teacher_text", "teacher_all", "proto", "external"
 # Term name -> what it needs beyond image and caption features.
 TERMS: dict[str, frozenset[str]] = {
     "clip": frozenset(),
@@ -36,6 +36,7 @@ TERMS: dict[str, frozenset[str]] = {
     "tgc": frozenset({NEGATIVES, TEACHER_TEXT}),
     "distill": frozenset({TEACHER_ALL}),
     "proto": frozenset({PROTO}),
+    "proto_external": frozenset({PROTO, EXTERNAL}),  # ProtoCLIP's external teacher (a sentence embedder)
 }
 
 __all__ = [
@@ -67,6 +68,9 @@ class ProtoInputs:
     text_centroids: torch.Tensor  # C^T
     image_from_text: torch.Tensor  # C^{I←T}
     text_from_image: torch.Tensor  # C^{T←I}
+    external_labels: torch.Tensor | None = None  # B, cluster of each caption in the external teacher's space
+    image_from_external: torch.Tensor | None = None  # C^{I←E}: image projections averaged by those clusters
+    text_from_external: torch.Tensor | None = None  # C^{T←E}
 
 
 @dataclass
@@ -159,8 +163,19 @@ class Objective:
                 out[name] = self.world_size * distill_loss(student, teacher)
             elif name == "proto":
                 out[name] = self._proto(f.proto, f.image)
+            elif name == "proto_external":
+                out[name] = self._proto_external(f.proto, f.image)
         out["loss"] = sum(weight * out[name] for name, weight in self.terms.items())
         return out
+
+    def _proto_external(self, p: ProtoInputs | None, like: torch.Tensor) -> torch.Tensor:
+        """The same loss with the external teacher's clusters as hard targets (METHODS.md)."""
+        if p is None or p.external_labels is None:
+            return like.new_zeros(())
+        y = p.external_labels
+        image = proto_loss(p.image_proj, p.image_from_external, p.image_from_external, y, p.scale, 0.0)
+        text = proto_loss(p.text_proj, p.text_from_external, p.text_from_external, y, p.scale, 0.0)
+        return (image + text) / 2
 
     def _proto(self, p: ProtoInputs | None, like: torch.Tensor) -> torch.Tensor:
         if p is None:  # the first episode trains CLIP only
