@@ -62,6 +62,7 @@ class DataConfig:
 class TrainConfig:
     max_steps: int = 1000
     batch_size: int = 64  # per rank, per micro-batch
+    accum_steps: int = 1  # micro-batches per optimizer step, with exact (feature-cached) contrastive gradients
     lr: float = 5e-4
     warmup_steps: int = 50
     weight_decay: float = 0.2  # on weights with >= 2 dimensions only
@@ -267,6 +268,14 @@ def validate(cfg: Config) -> None:
     _check(bool(cfg.output_dir), "output_dir: must not be empty")
     _check(t.max_steps >= 1, f"train.max_steps: must be at least 1, got {t.max_steps}")
     _check(t.batch_size >= 1, f"train.batch_size: must be at least 1, got {t.batch_size}")
+    _check(t.accum_steps >= 1, f"train.accum_steps: must be at least 1, got {t.accum_steps}")
+    proto_terms = sorted({"proto", "proto_external"} & set(cfg.objective.terms))
+    _check(
+        t.accum_steps == 1 or not proto_terms,
+        f"train.accum_steps={t.accum_steps} with objective.terms.{proto_terms[0] if proto_terms else ''}: ProtoCLIP's "
+        "heads use BatchNorm, whose statistics differ between micro-batches and the whole batch, so the "
+        "accumulated gradient would not be exact; use a larger train.batch_size instead",
+    )
     _check(t.save_every >= 1, f"train.save_every: must be at least 1, got {t.save_every}")
     _check(t.keep_last >= 1, f"train.keep_last: must be at least 1, got {t.keep_last}")
     _check(t.log_every >= 1, f"train.log_every: must be at least 1, got {t.log_every}")

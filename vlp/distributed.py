@@ -58,3 +58,12 @@ def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
     if is_distributed() and world_size() > 1:
         dist.all_reduce(x, op=dist.ReduceOp.SUM)
     return x
+
+
+def max_over_ranks(value: float) -> float:
+    """The largest ``value`` over ranks (a collective)."""
+    if not is_distributed() or world_size() == 1:
+        return value
+    t = torch.tensor([value], dtype=torch.float64)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return float(t.item())

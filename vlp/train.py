@@ -13,6 +13,7 @@ logging, checkpoints with exact resume, graceful stop on SIGTERM/SIGINT, and the
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -20,6 +21,7 @@ import signal
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -33,6 +35,15 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 class TrainingError(RuntimeError):
     """The run cannot continue; the message says why and what is left on disk."""
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """This process's peak memory so far: accelerator memory on GPUs, resident set size on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kilobytes on Linux
 
 
 def _threads(cfg: Config) -> int:
@@ -120,8 +131,8 @@ class Trainer:
         c = plugin.deepspeed_config
         # Our loader has no `batch_size` attribute for accelerate to read, so these are set explicitly.
         c["train_micro_batch_size_per_gpu"] = t.batch_size
-        c["gradient_accumulation_steps"] = 1
-        c["train_batch_size"] = t.batch_size * self.acc.num_processes
+        c["gradient_accumulation_steps"] = t.accum_steps
+        c["train_batch_size"] = t.batch_size * t.accum_steps * self.acc.num_processes
         c["gradient_clipping"] = t.grad_clip
         c["steps_per_print"] = 10**12  # our logger reports progress
         if t.precision != "fp32":
@@ -181,6 +192,11 @@ class Trainer:
                 self.sentence_teacher = SentenceTeacher(acc.device)
             except RuntimeError as exn:
                 raise TrainingError(str(exn)) from None
+        if t.accum_steps > 1 and self.zero_stage == 0 and t.precision == "fp32":
+            raise TrainingError(
+                "train.accum_steps > 1 under DeepSpeed ZeRO-0 in fp32 is not supported (its plain optimizer "
+                "cannot skip a step once micro-batches are counted); use ZeRO-1/2, DDP or mixed precision"
+            )
         if self.objective.needs_teacher and self.zero_stage == 3:
             raise TrainingError(
                 "the EMA teacher (objective terms tgc, distill) needs whole parameters on every rank: "
@@ -241,7 +257,8 @@ class Trainer:
             print(
                 f"# {backend}, {acc.num_processes} process(es), precision {t.precision}, "
                 f"{torch.get_num_threads()} threads/process; model {total / 1e6:.1f}M parameters "
-                f"({trainable / 1e6:.1f}M trainable); global batch {t.batch_size * acc.num_processes}"
+                f"({trainable / 1e6:.1f}M trainable); global batch {t.batch_size * t.accum_steps * acc.num_processes}"
+                f" = {t.batch_size} per micro-batch x {t.accum_steps} accumulated x {acc.num_processes} ranks"
                 + (f"; resuming from {self.resume_from} (step {self.step})" if self.resume_from else ""),
                 flush=True,
             )
@@ -254,21 +271,27 @@ class Trainer:
         bad = any(p.grad is not None and not torch.isfinite(p.grad).all() for p in self.unwrapped.parameters())
         return not any_rank(bad)
 
-    def _backward_and_step(self, loss: torch.Tensor) -> bool:
-        """Backward and optimizer step; False when a non-finite gradient made the step a no-op."""
+    def _backward_and_step(self, loss_for: Callable[[int], torch.Tensor], passes: int = 1) -> bool:
+        """Back-propagate ``loss_for(j)`` for j < passes (the gradients add up), then one optimizer
+        step; False when a non-finite gradient made the step a no-op."""
         t = self.cfg.train
         if self.ds:
             engine = self.model
-            engine.backward(loss)
-            # DeepSpeed checks gradients itself (and then skips the step) except in ZeRO-0 without
-            # mixed precision, where the plain optimizer sees the gradients in p.grad.
-            if self.zero_stage == 0 and t.precision == "fp32" and not self._grads_finite():
-                engine.zero_grad()
-                return False
             before = engine.skipped_steps
-            engine.step()
+            for j in range(passes):
+                # Each pass's loss is the whole batch's: DeepSpeed must not divide it by the passes.
+                engine.backward(loss_for(j), scale_wrt_gas=False)
+                # DeepSpeed checks gradients itself (and then skips the step) except in ZeRO-0 without
+                # mixed precision, where the plain optimizer sees the gradients in p.grad.
+                if j == passes - 1 and self.zero_stage == 0 and t.precision == "fp32" and not self._grads_finite():
+                    engine.zero_grad()
+                    return False
+                engine.step()  # counts a micro-batch; the last one steps the optimizer
             return engine.skipped_steps == before
-        self.acc.backward(loss)
+        for j in range(passes):
+            sync = contextlib.nullcontext() if j == passes - 1 else self.acc.no_sync(self.model)
+            with sync:
+                self.acc.backward(loss_for(j))
         if t.precision == "fp16":  # the grad scaler skips overflowing steps itself
             if t.grad_clip:
                 self.acc.clip_grad_norm_(self.model.parameters(), t.grad_clip)
@@ -306,8 +329,9 @@ class Trainer:
                 else:
                     p.data.clamp_(0, MAX_LOGIT_SCALE)
 
-    def _features(self, batch: dict, images: torch.Tensor, texts: torch.Tensor, out: dict):
-        """The objective's inputs: this batch's features, its negatives, the teacher's, ProtoCLIP's."""
+    def _features(self, batch: dict, images: torch.Tensor, texts: torch.Tensor, out: dict, teacher=None):
+        """The objective's inputs: this batch's features, its negatives, the teacher's, ProtoCLIP's
+        (``teacher``: features already computed for this batch, whose teacher part is reused)."""
         from .objectives import TEACHER_ALL, Features
         from .protoclip import proto_inputs
 
@@ -318,7 +342,13 @@ class Trainer:
         if k:
             f.neg_text = text[b:].reshape(b, k, -1)
             f.neg_mask = batch["neg_mask"].to(images.device)
-        if self.teacher is not None:
+        if teacher is not None:
+            f.teacher_image, f.teacher_text, f.teacher_neg_text = (
+                teacher.teacher_image,
+                teacher.teacher_text,
+                teacher.teacher_neg_text,
+            )
+        elif self.teacher is not None:
             everything = TEACHER_ALL in self.objective.needs
             precision = self.cfg.train.precision
             low = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
@@ -392,19 +422,58 @@ class Trainer:
                 for buf in (m.running_mean, m.running_var, m.num_batches_tracked):
                     dist.broadcast(buf, src=0)
 
-    def _train_step(self, batch: dict) -> tuple[dict, bool]:
+    def _inputs(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        images = batch["image"].to(self.acc.device, dtype=self.input_dtype, non_blocking=True)
+        texts = batch["text"].to(self.acc.device, non_blocking=True)
+        if self.objective.needs_negatives:  # [B positives ; B·K negatives], negative (b, k) at B + b·K + k
+            neg = batch["neg_text"].to(self.acc.device, non_blocking=True)
+            texts = torch.cat([texts, neg.reshape(-1, neg.shape[-1])])
+        return images, texts
+
+    def _train_step(self, micro: list[dict]) -> tuple[dict, bool]:
+        """One optimizer step over ``micro`` (the micro-batches of this rank).
+
+        With one micro-batch: forward, objective, backward. With k > 1 the contrastive gradient of
+        the whole batch is made exact by feature caching: every micro-batch is embedded once without
+        gradient, then again with gradient, and each time the objective is computed over all cached
+        features with that micro-batch's live ones in their place; the backward passes add up to the
+        gradient of the loss over the k·B samples (parameters used directly by the loss, the logit
+        scales, take their gradient from the first pass only).
+        """
         from .distributed import any_rank
+        from .objectives import concat_features
 
         acc, dbg = self.acc, self.cfg.debug
-        images = batch["image"].to(acc.device, dtype=self.input_dtype, non_blocking=True)
-        texts = batch["text"].to(acc.device, non_blocking=True)
-        if self.objective.needs_negatives:  # [B positives ; B·K negatives], negative (b, k) at B + b·K + k
-            neg = batch["neg_text"].to(acc.device, non_blocking=True)
-            texts = torch.cat([texts, neg.reshape(-1, neg.shape[-1])])
+        inputs = [self._inputs(b) for b in micro]
         self.model.train()
-        with acc.autocast():
-            out = self.model(image=images, text=texts)
-        losses = self.objective(self._features(batch, images, texts, out))
+        if len(micro) == 1:
+            with acc.autocast():
+                out = self.model(image=inputs[0][0], text=inputs[0][1])
+            feats = self._features(micro[0], *inputs[0], out)
+            losses = self.objective(feats)
+
+            def loss_for(_j: int) -> torch.Tensor:
+                return losses["loss"]
+
+        else:
+            rng, cached = [], []
+            with torch.no_grad():
+                for batch, (images, texts) in zip(micro, inputs, strict=True):
+                    rng.append(torch.random.get_rng_state())
+                    with acc.autocast():
+                        out = self.model(image=images, text=texts)
+                    cached.append(self._features(batch, images, texts, out))
+            losses = self.objective(concat_features(cached))
+
+            def loss_for(j: int) -> torch.Tensor:
+                torch.random.set_rng_state(rng[j])  # the same dropout, if any, as the cached pass
+                images, texts = inputs[j]
+                with acc.autocast():
+                    out = self.model(image=images, text=texts)
+                live = self._features(micro[j], images, texts, out, teacher=cached[j])
+                parts = [live if i == j else cached[i] for i in range(len(micro))]
+                return self.objective(concat_features(parts, scale_from=0 if j == 0 else None))["loss"]
+
         loss = losses["loss"]
         if self.step in dbg.nonfinite_loss_steps:
             loss = loss * float("nan")
@@ -414,7 +483,7 @@ class Trainer:
             hook = None
             if self.step in dbg.nonfinite_grad_steps:
                 hook = self.unwrapped.clip.logit_scale.register_hook(lambda g: g * float("nan"))
-            applied = self._backward_and_step(loss)
+            applied = self._backward_and_step(loss_for, len(micro))
             if hook is not None:
                 hook.remove()
         if applied:
@@ -511,7 +580,7 @@ class Trainer:
     # ------------------------------------------------------------------ the loop
 
     def fit(self) -> int:
-        from .distributed import any_rank
+        from .distributed import any_rank, max_over_ranks
         from .metrics import MetricsLogger
 
         self.setup()
@@ -520,17 +589,17 @@ class Trainer:
         losses: list[float] = []
         saved_at = self.step if self.resume_from else -1
         batches = iter(self.loader)
-        global_batch = t.batch_size * acc.num_processes
+        global_batch = t.batch_size * t.accum_steps * acc.num_processes
         try:
             while self.step < t.max_steps:
                 tic = time.perf_counter()
                 if self.proto and self.step % self.cfg.objective.proto.episode_steps == 0 and self.step > 0:
                     batches = self._proto_episode(batches)  # ProtoCLIP: cluster the coming episode
-                batch = next(batches)
+                micro = [next(batches) for _ in range(t.accum_steps)]
                 data_time = time.perf_counter() - tic
                 self.step += 1
                 lr = self.lr_at(self.step - 1)
-                values, applied = self._train_step(batch)
+                values, applied = self._train_step(micro)
                 reduced = {k: acc.reduce(v.reshape(1), reduction="mean").item() for k, v in values.items()}
                 step_time = time.perf_counter() - tic
                 if applied:
@@ -565,6 +634,7 @@ class Trainer:
                     "skipped_steps": self.skipped,
                     "epoch": self.loader.epoch,
                     "time": time.time(),
+                    "peak_memory_mb": max_over_ranks(peak_memory_mb(acc.device)),  # the largest rank's
                 }
                 logger.step(self.step, record, log=self.step % t.log_every == 0 or not applied or self.step == 1)
                 if cfg.debug.step_sleep:

@@ -42,6 +42,7 @@ TERMS: dict[str, frozenset[str]] = {
 __all__ = [
     "TERMS",
     "Features",
+    "concat_features",
     "Objective",
     "ProtoInputs",
     "back_translate",
@@ -86,6 +87,27 @@ class Features:
     teacher_text: torch.Tensor | None = None  # B×D
     teacher_neg_text: torch.Tensor | None = None  # B×K×D
     proto: ProtoInputs | None = None  # None in ProtoCLIP's first episode (CLIP only)
+
+
+def concat_features(parts: list[Features], scale_from: int | None = None) -> Features:
+    """The features of several micro-batches as one batch (rows in order). The scale is taken from
+    part ``scale_from`` (keeping its gradient), or detached from the first part when None."""
+
+    def cat(name: str):
+        values = [getattr(p, name) for p in parts]
+        return None if values[0] is None else torch.cat(values)
+
+    scale = parts[0].scale.detach() if scale_from is None else parts[scale_from].scale
+    return Features(
+        image=cat("image"),
+        text=cat("text"),
+        scale=scale,
+        neg_text=cat("neg_text"),
+        neg_mask=cat("neg_mask"),
+        teacher_image=cat("teacher_image"),
+        teacher_text=cat("teacher_text"),
+        teacher_neg_text=cat("teacher_neg_text"),
+    )
 
 
 class Objective:
