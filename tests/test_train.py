@@ -265,3 +265,17 @@ def test_bf16_zero2_clamps_the_logit_scale_in_the_master_weights(shards, tmp_pat
     assert len(scales) == 4 and all(s <= 100.0 + 1e-3 for s in scales), scales
     master = weights(out / "checkpoints" / "step_4")["logit_scale"]
     assert 4.55 < master.item() <= 4.6052  # unclamped it would be about 5
+
+
+def test_zero3_trains_exports_and_matches_zero2(zero2_run, shards, tmp_path):
+    """Parameters partitioned too (the [1]-shaped logit scale lives on one rank): same first step."""
+    out = tmp_path / "zero3"
+    overrides = [*common(shards, out), "train.max_steps=12", "train.save_every=100"]
+    proc = run(launch_cmd("cpu_deepspeed_zero3.yaml", overrides))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    assert "DeepSpeed ZeRO-3, 2 process(es)" in proc.stdout
+    ref, got = metrics(zero2_run), metrics(out)
+    for step in (1, 2):
+        assert abs(ref[step]["loss"] - got[step]["loss"]) < 1e-5
+    assert all(r["logit_scale"] <= 100.0 for r in got.values())
+    open_clip.create_model_and_transforms(f"local-dir:{out / 'export'}")

@@ -315,19 +315,23 @@ class Trainer:
 
         for p in self.unwrapped.logit_scales():
             with torch.no_grad():
+                if self.zero_stage == 3:
+                    # Partitioned: each rank clamps its own slice (a [1]-shaped scale lives on one rank),
+                    # in the fp32 master and in the module's partition.
+                    from deepspeed.utils import safe_get_local_fp32_param, safe_set_local_fp32_param
+
+                    local = safe_get_local_fp32_param(p)
+                    if local is not None and local.numel():
+                        safe_set_local_fp32_param(p, local.clamp(0, MAX_LOGIT_SCALE))
+                    p.ds_tensor.data.clamp_(0, MAX_LOGIT_SCALE)
+                    continue
                 if self.ds and self.zero_stage:
                     from deepspeed.utils import safe_get_full_fp32_param, safe_set_full_fp32_param
 
                     master = safe_get_full_fp32_param(p)  # a collective
                     if master is not None:
                         safe_set_full_fp32_param(p, master.clamp(0, MAX_LOGIT_SCALE))
-                if self.zero_stage == 3:
-                    import deepspeed
-
-                    with deepspeed.zero.GatheredParameters([p], modifier_rank=0):
-                        p.data.clamp_(0, MAX_LOGIT_SCALE)
-                else:
-                    p.data.clamp_(0, MAX_LOGIT_SCALE)
+                p.data.clamp_(0, MAX_LOGIT_SCALE)
 
     def _features(self, batch: dict, images: torch.Tensor, texts: torch.Tensor, out: dict, teacher=None):
         """The objective's inputs: this batch's features, its negatives, the teacher's, ProtoCLIP's
@@ -438,7 +442,7 @@ class Trainer:
         gradient, then again with gradient, and each time the objective is computed over all cached
         features with that micro-batch's live ones in their place; the backward passes add up to the
         gradient of the loss over the k·B samples (parameters used directly by the loss, the logit
-        scales, take their gradient from the first pass only).
+        scales, take their gradient from the last pass only).
         """
         from .distributed import any_rank
         from .objectives import concat_features
@@ -451,6 +455,7 @@ class Trainer:
                 out = self.model(image=inputs[0][0], text=inputs[0][1])
             feats = self._features(micro[0], *inputs[0], out)
             losses = self.objective(feats)
+            scale = feats.scale
 
             def loss_for(_j: int) -> torch.Tensor:
                 return losses["loss"]
@@ -464,6 +469,7 @@ class Trainer:
                         out = self.model(image=images, text=texts)
                     cached.append(self._features(batch, images, texts, out))
             losses = self.objective(concat_features(cached))
+            scale = cached[0].scale
 
             def loss_for(j: int) -> torch.Tensor:
                 torch.random.set_rng_state(rng[j])  # the same dropout, if any, as the cached pass
@@ -472,7 +478,10 @@ class Trainer:
                     out = self.model(image=images, text=texts)
                 live = self._features(micro[j], images, texts, out, teacher=cached[j])
                 parts = [live if i == j else cached[i] for i in range(len(micro))]
-                return self.objective(concat_features(parts, scale_from=0 if j == 0 else None))["loss"]
+                # The scale's gradient comes from one pass, the last: DDP synchronises on that one
+                # and expects every parameter to take part in it.
+                last = j == len(micro) - 1
+                return self.objective(concat_features(parts, scale_from=j if last else None))["loss"]
 
         loss = losses["loss"]
         if self.step in dbg.nonfinite_loss_steps:
@@ -493,6 +502,7 @@ class Trainer:
                 self.teacher.update(self.unwrapped)
         values = {k: v.detach() for k, v in losses.items()}
         values["loss"] = loss.detach()
+        values["logit_scale"] = scale.detach().reshape(())  # the scale this step used (any ZeRO stage)
         return values, applied
 
     def _proto_episode(self, batches):
@@ -627,7 +637,6 @@ class Trainer:
                     "step": self.step,
                     **{k: v for k, v in reduced.items()},
                     "lr": lr,
-                    "logit_scale": float(self.unwrapped.clip.logit_scale.detach().float().exp().mean()),
                     "samples_per_s": global_batch / step_time,
                     "data_time": data_time,
                     "step_time": step_time,
