@@ -46,6 +46,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/train_throughput.py
 	$(BIN)/python benchmarks/objectives.py
 	$(BIN)/python benchmarks/eval.py
+	$(BIN)/python benchmarks/memory.py
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache
