@@ -32,3 +32,17 @@ def table(rows: list[dict], columns: list[str]) -> str:
     out = [line(columns), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
     out += [line([r.get(c, "") for c in columns]) for r in rows]
     return "\n".join(out)
+
+
+def report(title: str, rows: list[dict], columns: list[str], path: str, **settings) -> dict:
+    """Print the table under ``title`` and write the JSON (machine, settings, rows) to ``path``."""
+    import json
+    from pathlib import Path
+
+    print(title + "\n")
+    print(table(rows, columns))
+    result = {"machine": machine(), **settings, "rows": rows}
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(result, indent=2) + "\n")
+    print(f"\nwritten {path}")
+    return result

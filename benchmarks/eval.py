@@ -12,7 +12,6 @@ Usage: python benchmarks/eval.py [--json FILE]
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -20,7 +19,7 @@ from pathlib import Path
 
 import open_clip
 import torch
-from _machine import machine, table
+from _machine import report
 
 from data_pipelines.shapes_world import WorldConfig, generate_world
 from eval_zeroshot.datasets import read_wds
@@ -83,26 +82,23 @@ def main(argv: list[str] | None = None) -> int:
                     "acc1_clip_benchmark": round(theirs["acc1"], 4),
                 }
             )
-    print(f"Zero-shot classification, images/s, one CPU process, fp32, batch {args.batch_size}:\n")
-    print(
-        table(
-            rows,
-            [
-                "image_size",
-                "model",
-                "images",
-                "vlp_images_per_s",
-                "clip_benchmark_images_per_s",
-                "ratio",
-                "acc1_vlp",
-                "acc1_clip_benchmark",
-            ],
-        )
+    columns = [
+        "image_size",
+        "model",
+        "images",
+        "vlp_images_per_s",
+        "clip_benchmark_images_per_s",
+        "ratio",
+        "acc1_vlp",
+        "acc1_clip_benchmark",
+    ]
+    report(
+        f"Zero-shot classification, images/s, one CPU process, fp32, batch {args.batch_size}:",
+        rows,
+        columns,
+        args.json,
+        batch_size=args.batch_size,
     )
-    result = {"machine": machine(), "batch_size": args.batch_size, "rows": rows}
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\nwritten {args.json}")
     return 0
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import statistics
 import sys
 import tempfile
@@ -25,7 +24,7 @@ from pathlib import Path
 import open_clip
 import torch
 import webdataset as wds
-from _machine import machine, table
+from _machine import report
 
 from data_pipelines.loader import StreamingLoader
 from data_pipelines.shapes_world import WorldConfig, generate_world
@@ -112,18 +111,15 @@ def main(argv: list[str] | None = None) -> int:
                     }
                 )
                 print(f"  {size}px, {workers} workers: vlp {r_ours:.0f}/s, wds {r_wds:.0f}/s", file=sys.stderr)
-    print("Loader samples/s (decode + preprocess + tokenize; ratio = vlp / wds):\n")
-    print(table(rows, ["image_size", "workers", "vlp", "wds", "ratio", "wds_read"]))
-    result = {
-        "machine": machine(),
-        "batch_size": args.batch_size,
-        "samples": args.samples,
-        "repeats": args.repeats,
-        "rows": rows,
-    }
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\nwritten {args.json}")
+    report(
+        "Loader samples/s (decode + preprocess + tokenize; ratio = vlp / wds):",
+        rows,
+        ["image_size", "workers", "vlp", "wds", "ratio", "wds_read"],
+        args.json,
+        batch_size=args.batch_size,
+        samples=args.samples,
+        repeats=args.repeats,
+    )
     return 0
 
 

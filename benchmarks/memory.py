@@ -18,7 +18,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from _machine import machine, table
+from _machine import report
 
 from data_pipelines.shapes_world import WorldConfig, generate_world
 
@@ -96,13 +96,14 @@ def main(argv: list[str] | None = None) -> int:
                     row[f"batch_{g}"] = peak(strategy, g, accum, work / "shapes" / "train", work)
                 rows.append(row)
     columns = ["strategy", "accum_steps", *[f"batch_{g}" for g in batches]]
-    print("Peak memory per rank (MB, the largest rank's resident set on CPU), 2 processes, tiny ViT CLIP:\n")
-    print(table(rows, columns))
-    result = {"machine": machine(), "accum": args.accum, "rows": rows}
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    report(
+        "Peak memory per rank (MB, the largest rank's resident set on CPU), 2 processes, tiny ViT CLIP:",
+        rows,
+        columns,
+        args.json,
+        accum=args.accum,
+    )
     plot(rows, batches, Path(args.json).with_suffix(".png"))
-    print(f"\nwritten {args.json} and its plot")
     return 0
 
 

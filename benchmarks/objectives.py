@@ -19,7 +19,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from _machine import machine, table
+from _machine import report
 
 from data_pipelines.shapes_world import WorldConfig, generate_world
 
@@ -80,18 +80,15 @@ def main(argv: list[str] | None = None) -> int:
     for r in rows:
         r["vs_clip_median"] = round(r["median_step_s"] / base["median_step_s"], 2)
         r["vs_clip_mean"] = round(r["mean_step_s"] / base["mean_step_s"], 2)
-    print(f"Step time per recipe, one CPU process, batch {args.batch_size}, {args.precision}, vlp-tiny:\n")
-    print(table(rows, ["recipe", "median_step_s", "vs_clip_median", "mean_step_s", "vs_clip_mean"]))
-    result = {
-        "machine": machine(),
-        "batch_size": args.batch_size,
-        "steps": args.steps,
-        "precision": args.precision,
-        "rows": rows,
-    }
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\nwritten {args.json}")
+    report(
+        f"Step time per recipe, one CPU process, batch {args.batch_size}, {args.precision}, vlp-tiny:",
+        rows,
+        ["recipe", "median_step_s", "vs_clip_median", "mean_step_s", "vs_clip_mean"],
+        args.json,
+        batch_size=args.batch_size,
+        steps=args.steps,
+        precision=args.precision,
+    )
     return 0
 
 

@@ -25,7 +25,7 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-from _machine import machine, table
+from _machine import report
 
 from data_pipelines.shapes_world import WorldConfig, generate_world
 
@@ -180,21 +180,18 @@ def main(argv: list[str] | None = None) -> int:
                     "open_clip_runs": theirs,
                 }
             )
-    print(f"Training samples/s, one CPU process, batch {args.batch_size}, vlp-tiny (17M, 64 px):\n")
-    print(table(rows, ["precision", "ours", "open_clip", "ratio"]))
-    result = {
-        "machine": machine(),
-        "batch_size": args.batch_size,
-        "steps": args.steps,
-        "open_clip_data": "CSV of PNG files (--dataset-type csv); vlp reads the same samples from shards",
-        "repeats": args.repeats,
-        "rows": rows,
+    report(
+        f"Training samples/s, one CPU process, batch {args.batch_size}, vlp-tiny (17M, 64 px):",
+        rows,
+        ["precision", "ours", "open_clip", "ratio"],
+        args.json,
+        batch_size=args.batch_size,
+        steps=args.steps,
+        repeats=args.repeats,
+        open_clip_data="CSV of PNG files (--dataset-type csv); vlp reads the same samples from shards",
         # the headline figures (fp32 row when present)
         **{k: rows[0][k] for k in ("ours", "open_clip", "ratio")},
-    }
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\nwritten {args.json}")
+    )
     return 0
 
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import negatives as neg
-from .samples import SkipCounter, iter_shard
+from .samples import SkipCounter, SkipSample, caption, iter_shard
 from .specs import parse_sources, shard_name
 from .writer import ShardSink, write_json_atomic
 
@@ -121,16 +121,10 @@ class RewriteSummary:
 
 
 def _caption_of(sample: dict, meta: dict) -> str | None:
-    raw = sample.get("txt")
-    if raw is not None:
-        try:
-            lines = [ln.strip() for ln in raw.decode("utf-8").splitlines() if ln.strip()]
-        except UnicodeDecodeError:
-            lines = []
-        if lines:
-            return lines[0]
-    cap = meta.get("caption")
-    return cap.strip() if isinstance(cap, str) and cap.strip() else None
+    try:
+        return caption(sample, meta)
+    except SkipSample:
+        return None
 
 
 def add_negatives(

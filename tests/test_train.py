@@ -262,7 +262,8 @@ def test_bf16_zero2_clamps_the_logit_scale_in_the_master_weights(shards, tmp_pat
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     assert "precision bf16" in proc.stdout
     scales = [r["logit_scale"] for r in metrics(out).values()]
-    assert len(scales) == 4 and all(s <= 100.0 + 1e-3 for s in scales), scales
+    # logged: the scale each step used; the first step starts above the bound, every later one within it
+    assert len(scales) == 4 and scales[0] > 140 and all(s <= 100.0 + 1e-3 for s in scales[1:]), scales
     master = weights(out / "checkpoints" / "step_4")["logit_scale"]
     assert 4.55 < master.item() <= 4.6052  # unclamped it would be about 5
 
