@@ -24,6 +24,7 @@ from vlp.export import checkpoint_state_dict, clip_weights
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
 MAX_STEPS = 12
+SAVE_EVERY = 4  # checkpoints at 4, 8, 12: each is about 200 MB (weights and Adam states)
 
 
 @pytest.fixture(scope="module")
@@ -48,8 +49,8 @@ def common(shards: Path, out: Path) -> list[str]:
         "train.warmup_steps=2",
         "train.precision=fp32",
         "train.log_every=1",
-        "train.save_every=1",
-        "train.keep_last=20",
+        f"train.save_every={SAVE_EVERY}",
+        "train.keep_last=3",
         "train.threads=1",
         # BatchNorm-free: with the ResNet tower each rank normalises with its own batch statistics,
         # so 2 x 8 could not equal 1 x 16 exactly (as in open_clip without SyncBatchNorm).
@@ -109,7 +110,7 @@ def zero2_run(shards, tmp_path_factory) -> Path:
 
 def test_zero2_run_completes_checkpoints_and_exports(zero2_run, shards):
     steps = [s for s, _ in list_checkpoints(zero2_run)]
-    assert steps == list(range(1, MAX_STEPS + 1))
+    assert steps == list(range(SAVE_EVERY, MAX_STEPS + 1, SAVE_EVERY))
     assert sorted(metrics(zero2_run)) == list(range(1, MAX_STEPS + 1))
     summary = json.loads((zero2_run / "summary.json").read_text())
     assert summary["steps"] == MAX_STEPS and summary["skipped_steps"] == 0
@@ -172,18 +173,20 @@ def test_two_ranks_match_one_rank_with_twice_the_batch(zero2_run, shards, tmp_pa
     proc = run(cmd)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     ref, got = metrics(zero2_run), metrics(out)
-    assert abs(ref[1]["loss"] - got[1]["loss"]) < 1e-5
-    step1 = max_diff(weights(zero2_run / "checkpoints" / "step_1"), weights(out / "checkpoints" / "step_1"))
-    assert step1 < 1e-5
+    for step in range(1, SAVE_EVERY + 1):
+        assert abs(ref[step]["loss"] - got[step]["loss"]) < 1e-5, step
+    first = f"step_{SAVE_EVERY}"
+    diff = max_diff(weights(zero2_run / "checkpoints" / first), weights(out / "checkpoints" / first))
+    assert diff < 1e-5, diff  # measured: 2.1e-6 single, 4.4e-6 DDP
 
 
 def test_resume_from_step_k_logs_the_same_losses(zero2_run, shards, tmp_path):
     out = tmp_path / "resumed"  # another output_dir
-    ckpt = zero2_run / "checkpoints" / "step_5"
+    ckpt = zero2_run / "checkpoints" / f"step_{SAVE_EVERY}"
     proc = run(launch_cmd("cpu_deepspeed_zero2.yaml", [*common(shards, out), f"train.resume={ckpt}"]))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     ref, got = metrics(zero2_run), metrics(out)
-    assert sorted(got) == list(range(6, MAX_STEPS + 1))
+    assert sorted(got) == list(range(SAVE_EVERY + 1, MAX_STEPS + 1))
     for step in got:
         assert abs(ref[step]["loss"] - got[step]["loss"]) <= 1e-6, (step, ref[step]["loss"], got[step]["loss"])
         assert ref[step]["lr"] == got[step]["lr"]
@@ -226,6 +229,8 @@ def test_nonfinite_steps_never_reach_the_weights(shards, tmp_path):
         "debug.nonfinite_loss_steps=[2, 5, 6, 7]",
         "debug.nonfinite_grad_steps=[3]",
         "train.max_nonfinite_steps=3",
+        "train.save_every=1",
+        "train.keep_last=10",
     ]
     proc = run(launch_cmd("cpu_deepspeed_zero2.yaml", overrides))
     assert proc.returncode != 0
