@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=40, help="training steps per contender")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--precisions", default="fp32,bf16", help="comma-separated: fp32, bf16")
-    p.add_argument("--repeats", type=int, default=2, help="alternating runs per contender (best kept)")
+    p.add_argument("--repeats", type=int, default=3, help="alternating runs per contender (best kept)")
     p.add_argument("--json", default="benchmarks/results/train_throughput.json")
     args = p.parse_args(argv)
     rows = []

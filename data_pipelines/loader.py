@@ -20,8 +20,11 @@ rotated so the DataLoader's round-robin continues where it stopped.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import math
+import os
 import random
 import signal
 import zlib
@@ -35,6 +38,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from .samples import SkipCounter, SkipSample, caption, decode_image, iter_shard, metadata, negative_texts
 from .specs import Source, parse_sources, shard_name
+from .transforms import split_transform
 
 log = logging.getLogger("data_pipelines")
 
@@ -59,11 +63,13 @@ def _default_rank_world() -> tuple[int, int]:
     return 0, 1
 
 
-def _leave_signals_to_the_parent(_worker_id: int) -> None:
+def _init_worker(nice: int, _worker_id: int) -> None:
     # Ctrl-C and preemption reach the whole process group; the trainer handles them at a step
     # boundary, and a worker that died of them would break the step in progress.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if nice:
+        os.nice(nice)
 
 
 @dataclass
@@ -99,7 +105,7 @@ class ShardStream(IterableDataset):
         self.sources = list(sources)
         self.captions = captions
         self.mode = mode
-        self.preprocess = preprocess
+        self.transform = split_transform(preprocess)
         self.tokenizer = tokenizer
         self.batch_size = batch_size
         self.rank = rank
@@ -155,7 +161,7 @@ class ShardStream(IterableDataset):
         where = () if self.mode == "split" else (self.rank, worker, pos)
         return _seed("sample", self.seed, self.epoch, shard_name(sample["__url__"]), sample["__key__"], *where)
 
-    def _decode(self, sample: dict, seed: int) -> tuple[torch.Tensor, str, list[str]]:
+    def _decode(self, sample: dict, seed: int, in_worker: bool) -> tuple[Any, str, list[str]]:
         rng = random.Random(seed)
         # The JSON member is parsed only when it is needed (negatives, or no .txt caption).
         meta = metadata(sample) if self.num_negatives or "txt" not in sample else {}
@@ -167,15 +173,16 @@ class ShardStream(IterableDataset):
                 negs = rng.sample(negs, self.num_negatives)
         image = decode_image(sample)
         # Augmentations draw from torch's global generator: seed it per sample, so a sample's
-        # augmentation does not depend on what was decoded before it (or skipped on resume).
-        with torch.random.fork_rng(devices=[]):
+        # augmentation does not depend on what was decoded before it (or skipped on resume). A
+        # worker process owns its generator; in the trainer's process it is saved and restored.
+        with contextlib.nullcontext() if in_worker else torch.random.fork_rng(devices=[]):
             torch.default_generator.manual_seed(seed & 0x7FFF_FFFF_FFFF_FFFF)
-            pixels = self.preprocess(image)
+            pixels = self.transform.per_sample(image)
         return pixels, text, negs
 
-    def _collate(self, items: list[tuple[torch.Tensor, str, list[str], str]]) -> dict[str, Any]:
+    def _collate(self, items: list[tuple[Any, str, list[str], str]]) -> dict[str, Any]:
         batch: dict[str, Any] = {
-            "image": torch.stack([it[0] for it in items]),
+            "image": self.transform.per_batch([it[0] for it in items]),
             "text": self.tokenizer([it[1] for it in items]),
             "key": [it[3] for it in items],
         }
@@ -208,7 +215,7 @@ class ShardStream(IterableDataset):
             if pos <= start:
                 continue  # consumed before the checkpoint: replayed for the shuffle state, not decoded
             try:
-                pixels, text, negs = self._decode(sample, self._sample_seed(sample, worker, pos))
+                pixels, text, negs = self._decode(sample, self._sample_seed(sample, worker, pos), info is not None)
             except SkipSample as skip:
                 counter.add(skip.reason, skip.detail)
                 bad_in_a_row += 1
@@ -254,6 +261,9 @@ class StreamingLoader:
         drop_last: drop each worker's last partial batch (keeps batch shapes equal across ranks).
         max_consecutive_skips: a worker that skips this many samples in a row stops the run.
         captions: also return the caption strings (``caption``), e.g. for an external text teacher.
+        worker_nice: added to the workers' niceness (0-19). When training on the CPU, workers that
+            yield to the compute threads keep a step's parallel regions from stalling on a
+            preempted thread; the scheduler still gives them every idle cycle.
     """
 
     def __init__(
@@ -278,11 +288,14 @@ class StreamingLoader:
         max_consecutive_skips: int = 1000,
         prefetch_factor: int = 2,
         captions: bool = False,
+        worker_nice: int = 0,
     ):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
+        if not 0 <= worker_nice <= 19:
+            raise ValueError(f"worker_nice must be in 0..19, got {worker_nice}")
         if num_workers < 0 or num_negatives < 0:
             raise ValueError("num_workers and num_negatives must not be negative")
         if mode == "split" and weights is not None and any(w != 1 for w in weights):
@@ -308,6 +321,7 @@ class StreamingLoader:
         self.world_size = world_size
         self.epochs = epochs
         self.prefetch_factor = prefetch_factor
+        self.worker_nice = worker_nice
         batches_per_worker = None
         if mode == "resampled":
             if epoch_samples is None:
@@ -398,7 +412,7 @@ class StreamingLoader:
                 batch_size=None,
                 num_workers=self.num_workers,
                 prefetch_factor=self.prefetch_factor,
-                worker_init_fn=_leave_signals_to_the_parent,
+                worker_init_fn=functools.partial(_init_worker, self.worker_nice),
             )
         else:
             loader = ds

@@ -34,6 +34,7 @@ def test_yaml_plus_overrides(tmp_path):
         (["data.train="], "data.train: no training data"),
         (["train.resume=/no/such/checkpoint"], "train.resume: '/no/such/checkpoint' is neither 'latest'"),
         (["data.mode=random"], "data.mode: must be one of split, resampled"),
+        (["data.worker_nice=20"], "data.worker_nice: must be in 0..19, got 20"),
         (["train"], "must look like key.sub=value"),
         (["train=3"], "train: expected a section"),
     ],

@@ -96,6 +96,40 @@ def test_same_seed_same_stream_other_seed_other_order(world, train_preprocess, t
     assert keys_c != keys_a and sorted(keys_c) == sorted(keys_a)
 
 
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_batched_pixels_equal_open_clips_transform_per_image(world, train_preprocess, tokenizer, num_workers):
+    """The loader runs ToTensor and Normalize once per batch: the pixels must be bit-identical to
+    open_clip's transform applied whole to each image (a lambda is not split)."""
+    whole = lambda image: train_preprocess(image)  # noqa: E731
+    split = loader(world / "train", train_preprocess, tokenizer, num_workers=num_workers, shuffle_buffer=50)
+    assert split.dataset.transform.normalize is not None
+    reference = loader(world / "train", whole, tokenizer, num_workers=num_workers, shuffle_buffer=50)
+    assert reference.dataset.transform.normalize is None
+    state = torch.get_rng_state()
+    pairs = list(zip(split, reference, strict=True))
+    if num_workers == 0:  # in-process, seeding per sample must leave the trainer's generator alone
+        assert torch.equal(torch.get_rng_state(), state)
+    assert sum(len(a["key"]) for a, _ in pairs) == len(all_train_keys(world))
+    for a, b in pairs:
+        assert a["key"] == b["key"] and a["image"].dtype == b["image"].dtype == torch.float32
+        assert torch.equal(a["image"], b["image"])
+
+
+def test_workers_run_at_the_niceness_asked(world, preprocess, tokenizer):
+    base = os.nice(0)
+
+    def checked(image):  # runs in the worker: a wrong niceness fails the iteration
+        if os.nice(0) != min(19, base + 5):
+            raise RuntimeError(f"worker niceness {os.nice(0)}, expected {base + 5}")
+        return preprocess(image)
+
+    batches = list(loader(world / "train", checked, tokenizer, num_workers=1, worker_nice=5))
+    assert sum(len(b["key"]) for b in batches) == len(all_train_keys(world))
+    assert os.nice(0) == base  # the calling process keeps its own
+    with pytest.raises(ValueError, match="worker_nice must be in 0..19"):
+        loader(world / "train", preprocess, tokenizer, worker_nice=-1)
+
+
 @pytest.mark.parametrize("num_workers,consumed", [(0, 7), (2, 9), (3, 4), (2, 35)])
 def test_resume_mid_epoch_yields_exactly_the_rest(world, train_preprocess, tokenizer, num_workers, consumed):
     # 8 shards on 3 workers is uneven; 35 batches of 16 cross into the second epoch (25 per epoch).

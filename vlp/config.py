@@ -51,6 +51,9 @@ class DataConfig:
     mode: str = "split"  # split | resampled
     weights: list[float] | None = None  # per source, resampled mode
     workers: int = 1  # DataLoader workers per rank
+    # Niceness added to the workers (0-19); unset: 19 when training on the CPU (the workers then
+    # take the cycles the compute threads leave, about +9% samples/s on 2 cores), 0 on accelerators.
+    worker_nice: int | None = None
     shuffle_buffer: int = 1000
     augment: bool = True  # open_clip's training transform (random resized crop) instead of the eval one
     epoch_samples: int | None = None  # nominal epoch in resampled mode
@@ -287,6 +290,10 @@ def validate(cfg: Config) -> None:
     _check(t.threads >= 0, f"train.threads: must not be negative, got {t.threads}")
     _check(d.mode in MODES, f"data.mode: must be one of {', '.join(MODES)}, got {d.mode!r}")
     _check(d.workers >= 0, f"data.workers: must not be negative, got {d.workers}")
+    _check(
+        d.worker_nice is None or 0 <= d.worker_nice <= 19,
+        f"data.worker_nice: must be in 0..19, got {d.worker_nice}",
+    )
     _check(bool(d.train or d.shapes_world), "data.train: no training data (set data.train or data.shapes_world)")
     _check(bool(cfg.objective.terms), "objective.terms: at least one term is needed")
     for name, weight in cfg.objective.terms.items():

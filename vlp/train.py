@@ -209,8 +209,10 @@ class Trainer:
         model = DualEncoder(built.model, proto_hidden=heads[0], proto_dim=heads[1])
         total, trainable = count_parameters(model)
         self.teacher = EMATeacher(model, o.ema_decay) if self.objective.needs_teacher else None
+        # The fused kernel (CPU and GPU) updates every tensor in one pass instead of a dozen
+        # elementwise ops per tensor: about 6% of a CPU step at batch 128 (benchmarks/train_throughput.py).
         self.base_optimizer = torch.optim.AdamW(
-            param_groups(model, t.weight_decay), lr=t.lr, betas=(t.beta1, t.beta2), eps=t.eps
+            param_groups(model, t.weight_decay), lr=t.lr, betas=(t.beta1, t.beta2), eps=t.eps, fused=True
         )
         self._configure_deepspeed()
         self.model, self.optimizer = acc.prepare(model, self.base_optimizer)
@@ -235,6 +237,7 @@ class Trainer:
             num_negatives=d.negatives if self.objective.needs_negatives else 0,
             negative_types=d.negative_types,
             captions=self.sentence_teacher is not None,
+            worker_nice=(19 if acc.device.type == "cpu" else 0) if d.worker_nice is None else d.worker_nice,
         )
         self.episode = None  # ProtoCLIP's current clustering
         self.preprocess_val, self.tokenizer = built.preprocess_val, built.tokenizer

@@ -1,0 +1,63 @@
+"""Running an image transform partly per sample and partly per batch.
+
+open_clip's transforms end in ``ToTensor`` and ``Normalize``: a handful of small tensor operations
+per image whose fixed cost is larger than their work at CLIP's image sizes. The loader applies the
+PIL steps per sample and these two once per batch, with the same arithmetic element for element,
+so the pixels are bit-identical to ``preprocess(image)`` stacked.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+from torchvision.transforms import Compose, Normalize, ToTensor
+
+
+@dataclass
+class SplitTransform:
+    """``per_sample`` maps a PIL image to an H×W×C uint8 array (or, when the transform could not be
+    split, to the finished tensor); ``per_batch`` stacks a list of those into a B×C×H×W tensor."""
+
+    per_sample: Callable[[Image.Image], np.ndarray | torch.Tensor]
+    normalize: Normalize | None
+
+    def per_batch(self, items: Sequence[np.ndarray | torch.Tensor]) -> torch.Tensor:
+        if self.normalize is None:
+            return torch.stack(list(items))
+        # ToTensor's then Normalize's arithmetic, in place on one float copy of the batch:
+        # x / 255, then (x - mean) / std, channel-first.
+        dtype = torch.get_default_dtype()
+        pixels = torch.from_numpy(np.stack(items)).permute(0, 3, 1, 2)
+        pixels = pixels.to(dtype, memory_format=torch.contiguous_format).div_(255)
+        mean = torch.as_tensor(self.normalize.mean, dtype=dtype).view(-1, 1, 1)
+        std = torch.as_tensor(self.normalize.std, dtype=dtype).view(-1, 1, 1)
+        return pixels.sub_(mean).div_(std)
+
+
+def _pil_to_array(steps: Callable[[Image.Image], Image.Image]) -> Callable[[Image.Image], np.ndarray]:
+    def run(image: Image.Image) -> np.ndarray:
+        out = steps(image)
+        if not isinstance(out, Image.Image) or out.mode != "RGB":
+            raise TypeError(f"the transform's PIL steps gave {type(out).__name__}, not an RGB image: {steps}")
+        return np.asarray(out, dtype=np.uint8)
+
+    return run
+
+
+def split_transform(preprocess: Callable) -> SplitTransform:
+    """Split a ``Compose([..., ToTensor(), Normalize(...)])`` (open_clip's, or any like it) into its
+    PIL part and its batched tensor part; any other transform stays whole, per sample."""
+    steps = getattr(preprocess, "transforms", None)
+    if (
+        isinstance(preprocess, Compose)
+        and steps is not None
+        and len(steps) >= 2
+        and isinstance(steps[-2], ToTensor)  # open_clip's MaybeToTensor is one
+        and type(steps[-1]) is Normalize
+    ):
+        return SplitTransform(_pil_to_array(Compose(list(steps[:-2]))), steps[-1])
+    return SplitTransform(preprocess, None)
