@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 from torchvision.transforms import Compose, Normalize, ToTensor
+from torchvision.transforms import functional as F
 
 
 @dataclass
@@ -28,14 +29,11 @@ class SplitTransform:
     def per_batch(self, items: Sequence[np.ndarray | torch.Tensor]) -> torch.Tensor:
         if self.normalize is None:
             return torch.stack(list(items))
-        # ToTensor's then Normalize's arithmetic, in place on one float copy of the batch:
-        # x / 255, then (x - mean) / std, channel-first.
-        dtype = torch.get_default_dtype()
+        # ToTensor's arithmetic (channel-first, x / 255) on one float copy of the batch, then
+        # torchvision's normalize in place on it: no further copies.
         pixels = torch.from_numpy(np.stack(items)).permute(0, 3, 1, 2)
-        pixels = pixels.to(dtype, memory_format=torch.contiguous_format).div_(255)
-        mean = torch.as_tensor(self.normalize.mean, dtype=dtype).view(-1, 1, 1)
-        std = torch.as_tensor(self.normalize.std, dtype=dtype).view(-1, 1, 1)
-        return pixels.sub_(mean).div_(std)
+        pixels = pixels.to(torch.get_default_dtype(), memory_format=torch.contiguous_format).div_(255)
+        return F.normalize(pixels, self.normalize.mean, self.normalize.std, inplace=True)
 
 
 def _pil_to_array(steps: Callable[[Image.Image], Image.Image]) -> Callable[[Image.Image], np.ndarray]:

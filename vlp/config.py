@@ -52,7 +52,7 @@ class DataConfig:
     weights: list[float] | None = None  # per source, resampled mode
     workers: int = 1  # DataLoader workers per rank
     # Niceness added to the workers (0-19); unset: 19 when training on the CPU (the workers then
-    # take the cycles the compute threads leave, about +9% samples/s on 2 cores), 0 on accelerators.
+    # take the cycles the compute threads leave, +4-6% samples/s on 2 cores), 0 on accelerators.
     worker_nice: int | None = None
     shuffle_buffer: int = 1000
     augment: bool = True  # open_clip's training transform (random resized crop) instead of the eval one
