@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
+from pathlib import Path
 
 import torch
+
+from data_pipelines.shards.atomic import write_json_atomic
+from data_pipelines.tables import markdown_table
 
 
 def machine() -> dict:
@@ -25,24 +30,16 @@ def machine() -> dict:
     }
 
 
-def table(rows: list[dict], columns: list[str]) -> str:
-    """A Markdown table of ``rows`` restricted to ``columns``."""
-    widths = [max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in columns]
-    line = lambda cells: "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths, strict=True)) + " |"  # noqa: E731
-    out = [line(columns), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
-    out += [line([r.get(c, "") for c in columns]) for r in rows]
-    return "\n".join(out)
+def report(title: str, rows: list[dict], columns: list[str], args: argparse.Namespace, **extra) -> dict:
+    """Print the table under ``title`` and write the JSON (machine, settings, rows) to ``args.json``.
 
-
-def report(title: str, rows: list[dict], columns: list[str], path: str, **settings) -> dict:
-    """Print the table under ``title`` and write the JSON (machine, settings, rows) to ``path``."""
-    import json
-    from pathlib import Path
-
+    The settings are the benchmark's arguments (all but ``--json``) and ``extra``.
+    """
     print(title + "\n")
-    print(table(rows, columns))
-    result = {"machine": machine(), **settings, "rows": rows}
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\nwritten {path}")
+    print(markdown_table(rows, columns))
+    settings = {k: v for k, v in vars(args).items() if k != "json"}
+    result = {"machine": machine(), **settings, **extra, "rows": rows}
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(args.json, result)
+    print(f"\nwritten {args.json}")
     return result

@@ -21,8 +21,9 @@ import open_clip
 import torch
 from _machine import report
 
-from data_pipelines.shapes_world import WorldConfig, generate_world
+from data_pipelines.sources.shapes import WorldConfig, generate_world
 from eval_zeroshot.datasets import read_wds
+from eval_zeroshot.models import register_architecture
 from eval_zeroshot.zeroshot import evaluate
 
 REPO = Path(__file__).resolve().parents[1]
@@ -57,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
                 log=lambda _: None,
             )
             if name == "vlp-tiny":
-                open_clip.add_model_config(REPO / "configs" / "models" / "vlp-tiny.json")
+                name = register_architecture(REPO / "configs" / "models" / "vlp-tiny.json")
             model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=None)
             model.eval()
             tokenizer = open_clip.get_tokenizer(name)
@@ -92,13 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         "acc1_vlp",
         "acc1_clip_benchmark",
     ]
-    report(
-        f"Zero-shot classification, images/s, one CPU process, fp32, batch {args.batch_size}:",
-        rows,
-        columns,
-        args.json,
-        batch_size=args.batch_size,
-    )
+    report(f"Zero-shot classification, images/s, one CPU process, fp32, batch {args.batch_size}:", rows, columns, args)
     return 0
 
 

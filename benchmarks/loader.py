@@ -2,7 +2,7 @@
 
 For each image size (64, 224) and worker count (0, 1, 2) it measures samples/s of
 
-* ``vlp``: data_pipelines.StreamingLoader (decode -> open_clip preprocess -> open_clip tokenizer,
+* ``vlp``: data_pipelines.loader.StreamingLoader (decode -> open_clip preprocess -> open_clip tokenizer,
   with a 1000-sample shuffle buffer and the per-sample seeding that makes resume exact), split mode;
 * ``wds``: a plain webdataset pipeline doing the same work (decode -> same preprocess -> same
   tokenizer -> batch, same shuffle buffer), the usual open_clip-style loader, as the peer;
@@ -27,8 +27,8 @@ import webdataset as wds
 from _machine import report
 
 from data_pipelines.loader import StreamingLoader
-from data_pipelines.shapes_world import WorldConfig, generate_world
-from data_pipelines.specs import parse_sources
+from data_pipelines.shards.specs import parse_sources
+from data_pipelines.sources.shapes import WorldConfig, generate_world
 
 
 def _wds_pipeline(urls, preprocess, tokenizer, batch_size, decode=True):
@@ -115,10 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         "Loader samples/s (decode + preprocess + tokenize; ratio = vlp / wds):",
         rows,
         ["image_size", "workers", "vlp", "wds", "ratio", "wds_read"],
-        args.json,
-        batch_size=args.batch_size,
-        samples=args.samples,
-        repeats=args.repeats,
+        args,
     )
     return 0
 

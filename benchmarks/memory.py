@@ -20,7 +20,7 @@ from pathlib import Path
 
 from _machine import report
 
-from data_pipelines.shapes_world import WorldConfig, generate_world
+from data_pipelines.sources.shapes import WorldConfig, generate_world
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -100,8 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         "Peak memory per rank (MB, the largest rank's resident set on CPU), 2 processes, tiny ViT CLIP:",
         rows,
         columns,
-        args.json,
-        accum=args.accum,
+        args,
     )
     plot(rows, batches, Path(args.json).with_suffix(".png"))
     return 0

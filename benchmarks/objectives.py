@@ -21,7 +21,7 @@ from pathlib import Path
 
 from _machine import report
 
-from data_pipelines.shapes_world import WorldConfig, generate_world
+from data_pipelines.sources.shapes import WorldConfig, generate_world
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -84,10 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         f"Step time per recipe, one CPU process, batch {args.batch_size}, {args.precision}, vlp-tiny:",
         rows,
         ["recipe", "median_step_s", "vs_clip_median", "mean_step_s", "vs_clip_mean"],
-        args.json,
-        batch_size=args.batch_size,
-        steps=args.steps,
-        precision=args.precision,
+        args,
     )
     return 0
 

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from _machine import report
 
-from data_pipelines.shapes_world import WorldConfig, generate_world
+from data_pipelines.sources.shapes import WorldConfig, generate_world
 
 REPO = Path(__file__).resolve().parents[1]
 ARCH = REPO / "configs" / "models" / "vlp-tiny.json"
@@ -184,10 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         f"Training samples/s, one CPU process, batch {args.batch_size}, vlp-tiny (17M, 64 px):",
         rows,
         ["precision", "ours", "open_clip", "ratio"],
-        args.json,
-        batch_size=args.batch_size,
-        steps=args.steps,
-        repeats=args.repeats,
+        args,
         open_clip_data="CSV of PNG files (--dataset-type csv); vlp reads the same samples from shards",
         # the headline figures (fp32 row when present)
         **{k: rows[0][k] for k in ("ours", "open_clip", "ratio")},

@@ -7,21 +7,22 @@ import json
 import logging
 import sys
 import time
-from pathlib import Path
 
-from . import shapes
-from .ingest import TableError, write_shards
-from .shapes_world import WorldConfig, generate_world
-from .specs import SpecError
-from .stats import default_workers, shard_stats
-
-EXIT_USAGE = 2  # bad arguments or input the user must fix
-EXIT_DATA = 1  # the data itself could not be used
+from .cli_common import EXIT_DATA, EXIT_USAGE, add_command, command_parser, error
+from .shards.atomic import write_json_atomic
+from .shards.specs import SpecError
+from .shards.stats import default_workers, shard_stats
+from .sources.ingest import TableError, write_shards
+from .sources.shapes import DEFAULT_HELDOUT, WorldConfig, generate_world, parse_heldout
 
 
 def _err(msg: str, code: int) -> int:
-    print(f"vlp-data: error: {msg}", file=sys.stderr)
-    return code
+    return error("vlp-data", msg, code)
+
+
+def _shard_progress(done: int, total: int) -> None:
+    if total >= 10 and (done % max(1, total // 10) == 0 or done == total):
+        print(f"  {done}/{total} shards", file=sys.stderr)
 
 
 def cmd_shapes(args: argparse.Namespace) -> int:
@@ -30,7 +31,7 @@ def cmd_shapes(args: argparse.Namespace) -> int:
             train_samples=args.train_samples,
             image_size=args.image_size,
             seed=args.seed,
-            heldout=shapes.parse_heldout(args.heldout),
+            heldout=parse_heldout(args.heldout),
             zeroshot_per_class=args.zeroshot_per_class,
             compositional_per_type=args.compositional_per_type,
             shard_size=args.shard_size,
@@ -55,12 +56,8 @@ def cmd_shards(args: argparse.Namespace) -> int:
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
-    def progress(done: int, total: int) -> None:
-        if total >= 10 and (done % max(1, total // 10) == 0 or done == total):
-            print(f"  {done}/{total} shards", file=sys.stderr)
-
     try:
-        result = shard_stats(args.spec, workers=args.workers, progress=progress)
+        result = shard_stats(args.spec, workers=args.workers, progress=_shard_progress)
     except SpecError as exn:
         return _err(str(exn), EXIT_USAGE)
     print(json.dumps(result, indent=2))
@@ -113,22 +110,22 @@ def cmd_peek(args: argparse.Namespace) -> int:
 
 
 def cmd_negatives(args: argparse.Namespace) -> int:
-    from . import negatives_report
-    from .add_negatives import ImportFormatError, add_negatives, read_imports
-    from .negatives import TYPES
+    from .negatives import report
+    from .negatives.rewrite import ImportFormatError, add_negatives, read_imports
+    from .negatives.types import TYPES
 
     if args.report:
-        folder = args.sugarcrepe or negatives_report.default_sugarcrepe_dir()
+        folder = args.sugarcrepe or report.default_sugarcrepe_dir()
         if folder is None:
             return _err("--report needs --sugarcrepe DIR (the official SugarCrepe JSON files)", EXIT_USAGE)
         try:
-            rows = negatives_report.report(folder, k=args.k, seed=args.seed)
+            rows = report.report(folder, k=args.k, seed=args.seed)
         except FileNotFoundError as exn:
             return _err(str(exn), EXIT_USAGE)
         print(f"Rule-based negatives against SugarCrepe's official ones ({folder}):\n")
-        print(negatives_report.markdown(rows))
+        print(report.markdown(rows))
         if args.json:
-            Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
+            write_json_atomic(args.json, rows)
         return 0
     if not args.spec or not args.out:
         return _err("give SPEC and --out (or --report)", EXIT_USAGE)
@@ -139,14 +136,10 @@ def cmd_negatives(args: argparse.Namespace) -> int:
         if unknown:
             return _err(f"unknown --types {unknown}; known: {', '.join(TYPES)}", EXIT_USAGE)
 
-    def progress(done: int, total: int) -> None:
-        if total >= 10 and (done % max(1, total // 10) == 0 or done == total):
-            print(f"  {done}/{total} shards", file=sys.stderr)
-
     try:
         imports = read_imports(args.from_jsonl) if args.from_jsonl else None
         summary = add_negatives(
-            args.spec, args.out, k=args.k, types=types, seed=args.seed, imports=imports, progress=progress
+            args.spec, args.out, k=args.k, types=types, seed=args.seed, imports=imports, progress=_shard_progress
         )
     except (SpecError, ImportFormatError, FileExistsError, ValueError) as exn:
         return _err(str(exn), EXIT_USAGE)
@@ -155,21 +148,16 @@ def cmd_negatives(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="vlp-data", description=__doc__)
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    p, sub = command_parser("vlp-data", __doc__)
 
-    s = sub.add_parser(
-        "shapes",
-        help="generate the synthetic shapes world (train, zeroshot, compositional)",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+    s = add_command(sub, "shapes", "generate the synthetic shapes world (train, zeroshot, compositional)", cmd_shapes)
     s.add_argument("--out", required=True, help="output directory (built beside it, then renamed into place)")
     s.add_argument("--train-samples", type=int, default=20_000, help="training samples")
     s.add_argument("--image-size", type=int, default=64, help="image side in pixels")
     s.add_argument("--seed", type=int, default=0, help="same arguments give byte-identical files")
     s.add_argument(
         "--heldout",
-        default=",".join(f"{c} {s}" for c, s in shapes.DEFAULT_HELDOUT),
+        default=",".join(f"{c} {s}" for c, s in DEFAULT_HELDOUT),
         help="comma-separated 'colour shape' pairs that never appear in training, or 'none'",
     )
     s.add_argument("--zeroshot-per-class", type=int, default=20, help="zero-shot images per class")
@@ -177,34 +165,21 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--shard-size", type=int, default=1000, help="samples per shard")
     s.add_argument("--workers", type=int, default=None, help="generator processes (default: up to 4)")
     s.add_argument("--overwrite", action="store_true", help="replace an existing, different output directory")
-    s.set_defaults(fn=cmd_shapes)
 
-    s = sub.add_parser(
-        "shards",
-        help="write shards from a CSV/TSV/JSONL of (image path, caption[, negatives])",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    s = add_command(
+        sub, "shards", "write shards from a CSV/TSV/JSONL of (image path, caption[, negatives])", cmd_shards
     )
     s.add_argument("--input", required=True, help="table file: .csv, .tsv (with a header) or .jsonl")
     s.add_argument("--out", required=True, help="new output directory")
     s.add_argument("--shard-size", type=int, default=1000, help="samples per shard")
     s.add_argument("--image-col", default=None, help="image column (default: image/image_path/filepath/path/...)")
     s.add_argument("--caption-col", default=None, help="caption column (default: caption/text/title)")
-    s.set_defaults(fn=cmd_shards)
 
-    s = sub.add_parser(
-        "stats",
-        help="count samples, shards, skipped samples and caption lengths (JSON)",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+    s = add_command(sub, "stats", "count samples, shards, skipped samples and caption lengths (JSON)", cmd_stats)
     s.add_argument("spec", help="a directory of .tar files, a brace spec, a pipe: command or a URL ('::' joins)")
     s.add_argument("--workers", type=int, default=default_workers(), help="processes reading shards")
-    s.set_defaults(fn=cmd_stats)
 
-    s = sub.add_parser(
-        "negatives",
-        help="add hard-negative captions to shards (or --report on SugarCrepe)",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+    s = add_command(sub, "negatives", "add hard-negative captions to shards (or --report on SugarCrepe)", cmd_negatives)
     s.add_argument("spec", nargs="?", help="input shards (directory, brace spec, ...)")
     s.add_argument("--out", help="new output directory; shards keep their names")
     s.add_argument("--k", type=int, default=4, help="negatives per caption")
@@ -218,13 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--report", action="store_true", help="compare with SugarCrepe's official negatives")
     s.add_argument("--sugarcrepe", default=None, help="folder of SugarCrepe *.json (default: ../shared/...)")
     s.add_argument("--json", default=None, help="with --report: also write the rows as JSON here")
-    s.set_defaults(fn=cmd_negatives)
 
-    s = sub.add_parser(
-        "peek",
-        help="stream a few batches through the training loader",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+    s = add_command(sub, "peek", "stream a few batches through the training loader", cmd_peek)
     s.add_argument("spec", help="shard spec, as for stats")
     s.add_argument("--batches", type=int, default=5)
     s.add_argument("--batch-size", type=int, default=32)
@@ -233,7 +203,6 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--negatives", type=int, default=0, help="hard negatives per sample (K)")
     s.add_argument("--mode", choices=("split", "resampled"), default="split")
     s.add_argument("--seed", type=int, default=0)
-    s.set_defaults(fn=cmd_peek)
     return p
 
 

@@ -8,12 +8,12 @@ import sys
 import time
 from pathlib import Path
 
-EXIT_USAGE = 2
+from data_pipelines.cli_common import EXIT_USAGE, add_command, command_parser, error
+from data_pipelines.shards.atomic import write_json_atomic, write_text_atomic
 
 
 def _err(msg: str) -> int:
-    print(f"vlp-eval: error: {msg}", file=sys.stderr)
-    return EXIT_USAGE
+    return error("vlp-eval", msg, EXIT_USAGE)
 
 
 def cmd_zeroshot(args: argparse.Namespace) -> int:
@@ -67,7 +67,7 @@ def cmd_zeroshot(args: argparse.Namespace) -> int:
     }
     print(zeroshot_table(results))
     if args.out:
-        Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
+        write_json_atomic(args.out, out)
         print(f"\nwritten {args.out}", file=sys.stderr)
     return 0
 
@@ -142,20 +142,15 @@ def cmd_compositional(args: argparse.Namespace) -> int:
         return _err(str(exn))
     print(markdown(result))
     if args.out:
-        Path(args.out).write_text(json.dumps(result, indent=2, default=str) + "\n")
+        write_text_atomic(args.out, json.dumps(result, indent=2, default=str) + "\n")
         chart = bar_chart(result, Path(args.out).with_suffix(".png"))
         print(f"\nwritten {args.out} and {chart}", file=sys.stderr)
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="vlp-eval", description=__doc__)
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    s = sub.add_parser(
-        "zeroshot",
-        help="zero-shot classification and retrieval (CLIP_benchmark's metrics)",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+    p, sub = command_parser("vlp-eval", __doc__)
+    s = add_command(sub, "zeroshot", "zero-shot classification and retrieval (CLIP_benchmark's metrics)", cmd_zeroshot)
     s.add_argument(
         "--model",
         required=True,
@@ -175,12 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="cpu")
     s.add_argument("--amp", action="store_true", help="autocast (default fp32, as CLIP_benchmark --no_amp)")
     s.add_argument("--out", default=None, help="results JSON")
-    s.set_defaults(fn=cmd_zeroshot)
 
-    s = sub.add_parser(
-        "compositional",
-        help="SugarCrepe, ARO and the shapes world, scored as the official scripts",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    s = add_command(
+        sub, "compositional", "SugarCrepe, ARO and the shapes world, scored as the official scripts", cmd_compositional
     )
     s.add_argument("--model", required=True, help="open_clip model spec, as for zeroshot")
     s.add_argument("--pretrained", default="")
@@ -207,7 +199,6 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--batch-size", type=int, default=64)
     s.add_argument("--device", default="cpu")
     s.add_argument("--out", default=None, help="results JSON (a PNG bar chart is written beside it)")
-    s.set_defaults(fn=cmd_compositional)
     return p
 
 

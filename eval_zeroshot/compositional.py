@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from data_pipelines.images import ImageError, open_rgb
+
 from .datasets import DatasetError
 
 SUGARCREPE_FILES = ("replace_obj", "replace_att", "replace_rel", "swap_obj", "swap_att", "add_obj", "add_att")
@@ -85,10 +87,9 @@ class Scorer:
 
 def _open_rgb(path: Path) -> Image.Image:
     try:
-        with Image.open(path) as im:
-            return im.convert("RGB")
-    except Exception as exn:  # noqa: BLE001
-        raise DatasetError(f"cannot read image {path}: {exn}") from None
+        return open_rgb(path)
+    except ImageError as exn:
+        raise DatasetError(str(exn)) from None
 
 
 def _check_images(paths: Sequence[Path], where: str) -> None:
@@ -289,12 +290,9 @@ def spacy_pos_tagger() -> Callable[[list[str]], list[str]]:
 
 def lexicon_pos_tagger() -> Callable[[list[str]], list[str]]:
     """NOUN/ADJ from data_pipelines' lexicon (single words), everything else X."""
-    from data_pipelines import lexicon as lx
+    from data_pipelines.negatives.lexicon import pos_tag
 
-    nouns = {n for g in lx.NOUN_GROUPS.values() for n in g if " " not in n}
-    nouns |= {lx.plural(n) for n in nouns}
-    adjectives = {a for g in lx.ATTRIBUTE_GROUPS.values() for a in g}
-    return lambda words: ["NOUN" if w in nouns else "ADJ" if w in adjectives else "X" for w in words]
+    return pos_tag
 
 
 def read_karpathy(path: Path, images: Path) -> list[dict]:

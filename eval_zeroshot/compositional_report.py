@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from data_pipelines.tables import markdown_table
+
 from .compositional import REFERENCES
-from .report import markdown_table
 
 
 def _pct(x: float | None) -> float | None:

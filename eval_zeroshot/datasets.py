@@ -8,7 +8,6 @@ an image that does not decode, when it is reached. Each message names the file.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 from collections.abc import Callable
@@ -17,6 +16,8 @@ from pathlib import Path
 
 import webdataset as wds
 from PIL import Image
+
+from data_pipelines.images import ImageError, open_rgb
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 WDS_IMAGE_KEYS = ("webp", "png", "jpg", "jpeg")
@@ -52,25 +53,14 @@ class EvalSet:
         return out
 
 
-def _from_bytes(data: bytes, where: str) -> Callable[[], Image.Image]:
+def _loader(source: bytes | Path, name: str | None = None) -> Callable[[], Image.Image]:
+    """Decodes ``source`` when called; a broken image is a DatasetError naming it."""
+
     def load() -> Image.Image:
         try:
-            image = Image.open(io.BytesIO(data))
-            image.load()
-            return image.convert("RGB")
-        except Exception as exn:  # noqa: BLE001 - PIL raises many kinds for broken files
-            raise DatasetError(f"cannot decode image {where}: {exn}") from None
-
-    return load
-
-
-def _from_path(path: Path) -> Callable[[], Image.Image]:
-    def load() -> Image.Image:
-        try:
-            with Image.open(path) as image:
-                return image.convert("RGB")
-        except Exception as exn:  # noqa: BLE001
-            raise DatasetError(f"cannot read image {path}: {exn}") from None
+            return open_rgb(source, name)
+        except ImageError as exn:
+            raise DatasetError(str(exn)) from None
 
     return load
 
@@ -111,12 +101,12 @@ def read_wds(root: Path, split: str = "test") -> EvalSet:
         if task == "classification":
             if "cls" not in sample:
                 raise DatasetError(f"sample {key} in {sample['__url__']} has no .cls label")
-            items.append(Item(_from_bytes(sample[image_key], where), label=int(sample["cls"].decode()), name=key))
+            items.append(Item(_loader(sample[image_key], where), label=int(sample["cls"].decode()), name=key))
         else:
             captions = [c for c in sample.get("txt", b"").decode("utf-8").splitlines() if c.strip()]
             if not captions:
                 raise DatasetError(f"sample {key} in {sample['__url__']} has no caption (.txt)")
-            items.append(Item(_from_bytes(sample[image_key], where), captions=captions, name=key))
+            items.append(Item(_loader(sample[image_key], where), captions=captions, name=key))
     if not items:
         raise DatasetError(f"{root / split} holds no samples")
     classnames = templates = None
@@ -145,7 +135,7 @@ def read_image_folder(root: Path, classnames_file: Path | None = None) -> EvalSe
     else:
         classnames = [f.name.replace("_", " ") for f in folders]
     items = [
-        Item(_from_path(p), label=label, name=str(p.relative_to(root)))
+        Item(_loader(p), label=label, name=str(p.relative_to(root)))
         for label, folder in enumerate(folders)
         for p in sorted(folder.rglob("*"))
         if p.suffix.lower() in IMAGE_SUFFIXES
@@ -157,7 +147,7 @@ def read_image_folder(root: Path, classnames_file: Path | None = None) -> EvalSe
 
 def read_caption_table(path: Path) -> EvalSet:
     """A CSV/TSV/JSONL of (image, caption) for retrieval; rows of the same image join its captions."""
-    from data_pipelines.ingest import TableError, read_table
+    from data_pipelines.sources.ingest import TableError, read_table
 
     try:
         rows = read_table(path)
@@ -168,7 +158,7 @@ def read_caption_table(path: Path) -> EvalSet:
         if not Path(row.image).is_file():
             raise DatasetError(f"{path}:{row.line}: image {row.image} does not exist")
         by_image.setdefault(row.image, []).append(row.caption)
-    items = [Item(_from_path(Path(img)), captions=caps, name=img) for img, caps in by_image.items()]
+    items = [Item(_loader(Path(img)), captions=caps, name=img) for img, caps in by_image.items()]
     return EvalSet(path.stem, "retrieval", items)
 
 

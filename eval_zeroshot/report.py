@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+from data_pipelines.tables import markdown_table
+
 
 def fmt(value) -> str:
     if value is None:
@@ -13,17 +15,12 @@ def fmt(value) -> str:
     return str(value)
 
 
-def markdown_table(rows: list[dict], columns: list[str]) -> str:
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(fmt(r.get(c)) for c in columns) + " |" for r in rows]
-    return "\n".join(lines)
-
-
 def zeroshot_table(results: list[dict]) -> str:
     """One row per dataset; the metric columns are those any dataset has, in a fixed order."""
     order = ["acc1", "acc5", "mean_per_class_recall"] + [
         f"{kind}_retrieval_recall@{k}" for k in (1, 5, 10) for kind in ("image", "text")
     ]
     present = [m for m in order if any(m in r["metrics"] for r in results)]
+    columns = ["dataset", "split", "n", *present]
     rows = [{"dataset": r["dataset"], "split": r["split"], "n": r["counts"]["images"], **r["metrics"]} for r in results]
-    return markdown_table(rows, ["dataset", "split", "n", *present])
+    return markdown_table([{c: fmt(r.get(c)) for c in columns} for r in rows], columns)

@@ -14,7 +14,6 @@ results gathered): the numbers do not depend on how many processes computed them
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Callable, Sequence
 
 import torch
@@ -149,7 +148,3 @@ def evaluate(
         with _autocast(device, amp):
             text_rows.append(F.normalize(model.encode_text(tokens), dim=-1).float().cpu())
     return retrieval_metrics(feats, torch.cat(text_rows), owner)
-
-
-def is_nan(x: float) -> bool:
-    return isinstance(x, float) and math.isnan(x)

@@ -12,35 +12,26 @@ import json
 import os
 from pathlib import Path
 
-from . import negatives as neg
+from ..tables import markdown_table
+from .rules import candidates, generate, normalise
+from .types import SUGARCREPE_TYPES
 
-# SugarCrepe category -> our types that make the same kind of negative.
-MATCHING_TYPES: dict[str, tuple[str, ...]] = {
-    "replace_obj": ("replace_nouns",),
-    "replace_att": ("replace_adjectives",),
-    "replace_rel": ("replace_relation",),
-    "swap_obj": ("swap_nouns", "reshuffle_order"),
-    "swap_att": ("swap_adjectives",),
-    "add_obj": (),
-    "add_att": (),
-}
+CHECKOUT = Path(__file__).resolve().parents[2]  # the folder that holds data_pipelines/
 
 
 def default_sugarcrepe_dir() -> Path | None:
-    """``../shared/benchmarks/sugarcrepe`` beside this checkout, or $VLP_SUGARCREPE."""
+    """$VLP_SUGARCREPE, else ``benchmarks/sugarcrepe`` in $VLP_SHARED or in ``shared/`` beside this checkout."""
     env = os.environ.get("VLP_SUGARCREPE")
     if env:
         return Path(env)
-    for shared in (Path(__file__).resolve().parents[2] / "shared", Path("/work/shared")):
-        path = shared / "benchmarks" / "sugarcrepe"
-        if path.is_dir():
-            return path
-    return None
+    shared = os.environ.get("VLP_SHARED")
+    path = (Path(shared) if shared else CHECKOUT.parent / "shared") / "benchmarks" / "sugarcrepe"
+    return path if path.is_dir() else None
 
 
 def token_edit_distance(a: str, b: str) -> int:
     """Levenshtein distance over normalised words."""
-    x, y = neg.normalise(a).split(), neg.normalise(b).split()
+    x, y = normalise(a).split(), normalise(b).split()
     prev = list(range(len(y) + 1))
     for i, wx in enumerate(x, 1):
         cur = [i]
@@ -57,23 +48,23 @@ def report(sugarcrepe_dir: str | os.PathLike, k: int = 4, seed: int = 0) -> list
         raise FileNotFoundError(f"{sugarcrepe_dir} holds no SugarCrepe *.json files")
     for path in files:
         data = json.loads(path.read_text())
-        types = MATCHING_TYPES.get(path.stem, ())
+        types = SUGARCREPE_TYPES.get(path.stem, ())
         n = len(data)
         any_neg = typed = exact_first = exact_any = 0
         dist_first: list[int] = []
         dist_best: list[int] = []
         for item in data.values():
             caption, official = item["caption"], item["negative_caption"]
-            if neg.generate(caption, k=k, seed=seed, tagger=None):
+            if generate(caption, k=k, seed=seed, tagger=None):
                 any_neg += 1
-            pool = neg.candidates(caption, seed)
-            ours = [text for t in types for text in pool[t] if neg.normalise(text) != neg.normalise(caption)]
+            pool = candidates(caption, seed)
+            ours = [text for t in types for text in pool[t] if normalise(text) != normalise(caption)]
             if not ours:
                 continue
             typed += 1
-            target = neg.normalise(official)
-            exact_first += neg.normalise(ours[0]) == target
-            exact_any += any(neg.normalise(o) == target for o in ours)
+            target = normalise(official)
+            exact_first += normalise(ours[0]) == target
+            exact_any += any(normalise(o) == target for o in ours)
             dists = [token_edit_distance(o, official) for o in ours]
             dist_first.append(dists[0])
             dist_best.append(min(dists))
@@ -107,9 +98,4 @@ COLUMNS = (
 
 
 def markdown(rows: list[dict]) -> str:
-    def cell(v):
-        return "-" if v is None else str(v)
-
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(cell(r[c]) for c in COLUMNS) + " |" for r in rows]
-    return "\n".join(lines)
+    return markdown_table(rows, list(COLUMNS))

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 from collections import Counter
 from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from .samples import SkipCounter, SkipSample, caption, decode_image, image_member, iter_shard, metadata, negative_texts
+from ..workers import map_in_pool
+from .reader import SkipCounter, SkipSample, caption, decode_image, image_member, iter_shard, metadata, negative_texts
 from .specs import parse_sources
 
 PERCENTILES = (5, 25, 50, 75, 95)
@@ -69,22 +69,15 @@ def shard_stats(
     chars: Counter[int] = Counter()
     formats: Counter[str] = Counter()
     negs: Counter[int] = Counter()
-    pool = multiprocessing.get_context("fork").Pool(workers) if workers > 1 and len(urls) > 1 else None
-    try:
-        results = pool.imap(_one_shard, urls) if pool else map(_one_shard, urls)
-        for i, r in enumerate(results):
-            total["samples"] += r["samples"]
-            skipped.update(r["skipped"])
-            words.update(r["words"])
-            chars.update(r["chars"])
-            formats.update(r["formats"])
-            negs.update(r["negs"])
-            if progress:
-                progress(i + 1, len(urls))
-    finally:
-        if pool:
-            pool.terminate()
-            pool.join()
+    for i, r in enumerate(map_in_pool(_one_shard, urls, workers)):
+        total["samples"] += r["samples"]
+        skipped.update(r["skipped"])
+        words.update(r["words"])
+        chars.update(r["chars"])
+        formats.update(r["formats"])
+        negs.update(r["negs"])
+        if progress:
+            progress(i + 1, len(urls))
     with_negs = sum(v for k, v in negs.items() if k > 0)
     return {
         "spec": spec if isinstance(spec, str) else list(spec),

@@ -17,16 +17,19 @@ from __future__ import annotations
 
 import functools
 import json
-import multiprocessing
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from . import shapes
-from .writer import ShardSink, write_json_atomic
+from ...shards.atomic import publish_dir, staging_dir, write_json_atomic
+from ...shards.writer import ShardSink
+from ...workers import map_in_pool
+from .captions import NEGATIVE_TYPES, SUGARCREPE_TYPES, ZEROSHOT_TEMPLATES, classname
+from .samples import compositional_example, train_sample, zeroshot_sample
+from .scene import DEFAULT_HELDOUT, all_combos
 
 MANIFEST = "shapes_world.json"
 FORMAT_VERSION = 3
@@ -37,7 +40,7 @@ class WorldConfig:
     train_samples: int = 20_000
     image_size: int = 64
     seed: int = 0
-    heldout: tuple[tuple[str, str], ...] = shapes.DEFAULT_HELDOUT
+    heldout: tuple[tuple[str, str], ...] = DEFAULT_HELDOUT
     p_single: float = 0.3
     zeroshot_per_class: int = 20
     compositional_per_type: int = 300
@@ -48,7 +51,7 @@ class WorldConfig:
             raise ValueError(f"--train-samples must be positive, got {self.train_samples}")
         if not 16 <= self.image_size <= 1024:
             raise ValueError(f"--image-size must be between 16 and 1024, got {self.image_size}")
-        if len(set(self.heldout)) == len(shapes.all_combos()):
+        if len(set(self.heldout)) == len(all_combos()):
             raise ValueError("every (colour, shape) combination is held out; nothing is left to train on")
         if not 0.0 <= self.p_single <= 1.0:
             raise ValueError(f"p_single must be within [0, 1], got {self.p_single}")
@@ -62,27 +65,15 @@ class WorldSummary:
     reused: bool = False
 
 
-def _map(fn: Callable, items: Sequence, workers: int) -> Iterable:
-    """Ordered map, in a process pool when it pays; results never depend on ``workers``."""
-    if workers <= 1 or len(items) < 256:
-        return map(fn, items)
-    pool = multiprocessing.get_context("fork").Pool(workers)
-    return _closing(pool, pool.imap(fn, items, chunksize=64))
-
-
-def _closing(pool, results: Iterable) -> Iterable:
-    try:
-        yield from results
-    finally:
-        pool.terminate()
-        pool.join()
+def _map(fn: Callable, items: Sequence, workers: int) -> Iterator:
+    """Ordered map, in a process pool when it pays (samples are small: in chunks); results never
+    depend on ``workers``."""
+    return map_in_pool(fn, items, workers, chunksize=64, min_items=256)
 
 
 def _write_train(out: Path, cfg: WorldConfig, workers: int, log: Callable[[str], None]) -> int:
-    combos = [c for c in shapes.all_combos() if c not in set(cfg.heldout)]
-    fn = functools.partial(
-        shapes.train_sample, cfg.seed, image_size=cfg.image_size, combos=combos, p_single=cfg.p_single
-    )
+    combos = [c for c in all_combos() if c not in set(cfg.heldout)]
+    fn = functools.partial(train_sample, cfg.seed, image_size=cfg.image_size, combos=combos, p_single=cfg.p_single)
     step = max(1, cfg.train_samples // 10)
     with ShardSink(out / "train", pattern="train-{:06d}.tar", shard_size=cfg.shard_size) as sink:
         for i, members in enumerate(_map(fn, range(cfg.train_samples), workers)):
@@ -94,15 +85,15 @@ def _write_train(out: Path, cfg: WorldConfig, workers: int, log: Callable[[str],
 
 def _zeroshot_item(seed: int, split: str, image_size: int, item: tuple[int, tuple[str, str], int]) -> dict:
     index, combo, label = item
-    return shapes.zeroshot_sample(seed, split, index, image_size, combo, label)
+    return zeroshot_sample(seed, split, index, image_size, combo, label)
 
 
 def _write_zeroshot(out: Path, cfg: WorldConfig, workers: int) -> dict[str, int]:
-    classes = shapes.all_combos()
+    classes = all_combos()
     root = out / "zeroshot"
     root.mkdir(parents=True)
-    (root / "classnames.txt").write_text("".join(shapes.classname(c, s) + "\n" for c, s in classes))
-    (root / "zeroshot_classification_templates.txt").write_text("".join(t + "\n" for t in shapes.ZEROSHOT_TEMPLATES))
+    (root / "classnames.txt").write_text("".join(classname(c, s) + "\n" for c, s in classes))
+    (root / "zeroshot_classification_templates.txt").write_text("".join(t + "\n" for t in ZEROSHOT_TEMPLATES))
     heldout = set(cfg.heldout)
     counts = {}
     for split, wanted in (("test", lambda c: c not in heldout), ("heldout", lambda c: c in heldout)):
@@ -124,29 +115,29 @@ def _write_zeroshot(out: Path, cfg: WorldConfig, workers: int) -> dict[str, int]
 
 def _compositional_item(seed: int, split: str, image_size: int, combos, second, item: tuple[int, str]):
     index, kind = item
-    return shapes.compositional_example(seed, split, index, kind, image_size, combos, second)
+    return compositional_example(seed, split, index, kind, image_size, combos, second)
 
 
 def _write_compositional(out: Path, cfg: WorldConfig, workers: int) -> dict[str, int]:
     root = out / "compositional"
     images = root / "images"
     images.mkdir(parents=True)
-    seen = [c for c in shapes.all_combos() if c not in set(cfg.heldout)]
+    seen = [c for c in all_combos() if c not in set(cfg.heldout)]
     splits = [("compositional", root, "", seen, None)]
     if cfg.heldout:
         # Pair a held-out combination with any object; the pair's order is randomised.
-        splits.append(("compositional_heldout", root / "heldout", "heldout_", shapes.all_combos(), list(cfg.heldout)))
+        splits.append(("compositional_heldout", root / "heldout", "heldout_", all_combos(), list(cfg.heldout)))
     counts = {}
     for split, folder, prefix, combos, second in splits:
         folder.mkdir(parents=True, exist_ok=True)
         items = [
             (t * cfg.compositional_per_type + k, kind)
-            for t, kind in enumerate(shapes.SUGARCREPE_TYPES.values())
+            for t, kind in enumerate(SUGARCREPE_TYPES.values())
             for k in range(cfg.compositional_per_type)
         ]
         fn = functools.partial(_compositional_item, cfg.seed, split, cfg.image_size, combos, second)
-        files: dict[str, dict] = {name: {} for name in shapes.SUGARCREPE_TYPES}
-        names = {kind: name for name, kind in shapes.SUGARCREPE_TYPES.items()}
+        files: dict[str, dict] = {name: {} for name in SUGARCREPE_TYPES}
+        names = {kind: name for name, kind in SUGARCREPE_TYPES.items()}
         for (_, kind), (record, png) in zip(items, _map(fn, items, workers), strict=True):
             name = names[kind]
             filename = f"{prefix}{name}_{len(files[name]):05d}.png"
@@ -187,9 +178,7 @@ def generate_world(
                 "choose another --out or pass --overwrite"
             )
     workers = workers if workers is not None else min(4, os.cpu_count() or 1)
-    tmp = out.with_name(out.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    tmp = staging_dir(out)
     start = time.perf_counter()
     try:
         log(f"generating the shapes world in {out} ({cfg.train_samples} train samples, {cfg.image_size} px)")
@@ -202,17 +191,15 @@ def generate_world(
         manifest = {
             **wanted,
             "counts": counts,
-            "classnames": [shapes.classname(c, s) for c, s in shapes.all_combos()],
-            "heldout": [shapes.classname(c, s) for c, s in cfg.heldout],
-            "negative_types": list(shapes.NEGATIVE_TYPES),
+            "classnames": [classname(c, s) for c, s in all_combos()],
+            "heldout": [classname(c, s) for c, s in cfg.heldout],
+            "negative_types": list(NEGATIVE_TYPES),
         }
-        write_json_atomic(tmp / MANIFEST, manifest)
+        write_json_atomic(tmp / MANIFEST, manifest, sort_keys=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
+    publish_dir(tmp, out)
     log(f"shapes world written to {out} in {seconds:.1f} s")
     return WorldSummary(str(out), counts, seconds)
 

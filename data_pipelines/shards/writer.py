@@ -2,20 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
 
 import webdataset as wds
 
-
-def write_json_atomic(path: str | os.PathLike, obj: object) -> None:
-    """Write JSON through a temporary name so a reader never sees half a file."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+from .atomic import temporary_name, write_json_atomic
 
 
 class ShardSink:
@@ -42,7 +35,7 @@ class ShardSink:
 
     def _open(self) -> None:
         self._name = self.pattern.format(len(self.sizes))
-        self._stream = open(self.out_dir / (self._name + ".tmp"), "wb")
+        self._stream = open(temporary_name(self.out_dir / self._name), "wb")
         # An integer mtime: a float one makes tarfile add a 1 KiB PAX header to every member.
         self._writer = wds.TarWriter(self._stream, encoder=False, mtime=0, user="vlp", group="vlp", mode=0o644)
         self._count = 0
@@ -52,7 +45,7 @@ class ShardSink:
             return
         self._writer.close()
         self._stream.close()
-        os.replace(self.out_dir / (self._name + ".tmp"), self.out_dir / self._name)
+        os.replace(temporary_name(self.out_dir / self._name), self.out_dir / self._name)
         self.sizes[self._name] = self._count
         self._writer = None
 
@@ -67,7 +60,7 @@ class ShardSink:
     def close(self, sizes_file: str | None = "sizes.json") -> dict[str, int]:
         self._finish()
         if sizes_file:
-            write_json_atomic(self.out_dir / sizes_file, self.sizes)
+            write_json_atomic(self.out_dir / sizes_file, self.sizes, sort_keys=True)
         return self.sizes
 
     def __enter__(self) -> ShardSink:
@@ -79,4 +72,4 @@ class ShardSink:
         elif self._writer is not None:  # leave no half-written shard behind
             self._writer.close()
             self._stream.close()
-            os.remove(self.out_dir / (self._name + ".tmp"))
+            os.remove(temporary_name(self.out_dir / self._name))

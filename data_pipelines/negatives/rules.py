@@ -1,20 +1,14 @@
 """Rule-based hard-negative captions: DeGLA's five types plus relation replacement, offline.
 
 ``generate(caption, k=4, seed=0)`` returns up to ``k`` captions that differ from ``caption`` in one
-structural way, each ``{"text", "type"}``:
+structural way, each ``{"text", "type"}`` with a type of :mod:`.types`, which also says what each type
+changes.
 
-* ``swap_nouns``           two nouns trade places ("a dog chasing a cat" -> "a cat chasing a dog")
-* ``swap_adjectives``      two attributes trade places ("a white cat, a black dog" -> "a black cat, a white dog")
-* ``reshuffle_order``      two whole noun phrases trade places (determiners and attributes move along)
-* ``replace_adjectives``   an attribute becomes its opposite or another of its kind (colour, material, size...)
-* ``replace_nouns``        a noun becomes another of its kind (an animal another animal)
-* ``replace_relation``     a spatial relation becomes its opposite, or an action verb another action
-
-Words are recognised through :mod:`data_pipelines.lexicon` (which doubles as the part-of-speech
-step); when spaCy and an English model are installed, its tagger also resolves words the lexicon
-finds ambiguous. Nothing is downloaded. Results are deterministic per (caption, seed); a negative never
-equals the caption (ignoring case and punctuation), swaps keep the caption's bag of words, and a
-caption with nothing to perturb yields fewer negatives, never a copy.
+Words are recognised through :mod:`.lexicon` (which doubles as the part-of-speech step, see
+:mod:`.spans`); when spaCy and an English model are installed, its tagger also resolves words the
+lexicon finds ambiguous. Nothing is downloaded. Results are deterministic per (caption, seed); a
+negative never equals the caption (ignoring case and punctuation), swaps keep the caption's bag of
+words, and a caption with nothing to perturb yields fewer negatives, never a copy.
 """
 
 from __future__ import annotations
@@ -23,134 +17,20 @@ import random
 import re
 import zlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from functools import lru_cache
 
 from . import lexicon as lx
-
-TYPES: tuple[str, ...] = (
-    "reshuffle_order",
-    "swap_nouns",
-    "swap_adjectives",
-    "replace_adjectives",
-    "replace_nouns",
-    "replace_relation",
+from .spans import Caption, Span, spacy_tagger
+from .types import (
+    REPLACE_ADJECTIVES,
+    REPLACE_NOUNS,
+    REPLACE_RELATION,
+    RESHUFFLE_ORDER,
+    SWAP_ADJECTIVES,
+    SWAP_NOUNS,
+    TYPES,
 )
-_TOKEN = re.compile(r"[A-Za-z]+(?:'[A-Za-z]+)?|\d+|\s+|[^\sA-Za-z\d]")
+
 _DETERMINERS = {"a", "an", "the", "this", "that", "these", "those", "some", "his", "her", "its", "their", "my"}
-_MAX_PHRASE = 4
-
-
-@dataclass(frozen=True)
-class Span:
-    """Words ``start:end`` (indices into the word list) playing one role."""
-
-    start: int
-    end: int
-    role: str  # noun | adj | rel | verb
-    lemma: str
-    group: str = ""
-    plural: bool = False
-    form: str = ""  # verb form: ing | base | s
-
-
-@lru_cache(maxsize=1)
-def _vocabulary() -> dict[tuple[str, ...], list[Span]]:
-    """Word sequence -> the readings it can have (role, lemma, group, number, form)."""
-    vocab: dict[tuple[str, ...], list[Span]] = {}
-
-    def add(phrase: str, span: Span) -> None:
-        vocab.setdefault(tuple(phrase.split(" ")), []).append(span)
-
-    for group, nouns in lx.NOUN_GROUPS.items():
-        for noun in nouns:
-            add(noun, Span(0, 0, "noun", noun, group, False))
-            if lx.plural(noun) != noun:
-                add(lx.plural(noun), Span(0, 0, "noun", noun, group, True))
-    for group, adjectives in lx.ATTRIBUTE_GROUPS.items():
-        for adj in adjectives:
-            add(adj, Span(0, 0, "adj", adj, group))
-    for rel in lx.SPATIAL_OPPOSITES:
-        add(rel, Span(0, 0, "rel", rel, "spatial"))
-    for group, verbs in lx.VERB_GROUPS.items():
-        for ing in verbs:
-            for form, surface in lx.verb_forms(ing).items():
-                add(surface, Span(0, 0, "verb", ing, group, form=form))
-    return vocab
-
-
-@lru_cache(maxsize=1)
-def _spacy():
-    """spaCy's English tagger when a model is installed; never downloads."""
-    try:
-        import spacy
-
-        return spacy.load("en_core_web_sm")
-    except Exception:  # noqa: BLE001 - spaCy or its model absent: the lexicon alone decides
-        return None
-
-
-def spacy_tagger() -> Callable[[str], list[tuple[int, int, str]]] | None:
-    nlp = _spacy()
-    if nlp is None:
-        return None
-    return lambda text: [(t.idx, t.idx + len(t.text), t.pos_) for t in nlp(text)]
-
-
-class Caption:
-    """A tokenised caption: words with their positions among all tokens, and the spans found."""
-
-    def __init__(self, text: str, tagger: Callable | None = None):
-        self.text = text
-        self.tokens = _TOKEN.findall(text)
-        self.word_at = [i for i, t in enumerate(self.tokens) if t[0].isalpha()]
-        self.words = [self.tokens[i].lower() for i in self.word_at]
-        pos = self._pos(tagger) if tagger is not None else None
-        self.spans = self._find_spans(pos)
-
-    def _pos(self, tagger) -> list[str | None]:
-        """The tagger's coarse tag for each word (by character offset)."""
-        starts, offset = [], 0
-        for tok in self.tokens:
-            starts.append(offset)
-            offset += len(tok)
-        tags = {start: tag for start, _end, tag in tagger(self.text)}
-        return [tags.get(starts[i]) for i in self.word_at]
-
-    def _find_spans(self, pos: list[str | None] | None) -> list[Span]:
-        vocab = _vocabulary()
-        spans: list[Span] = []
-        i = 0
-        while i < len(self.words):
-            for n in range(min(_MAX_PHRASE, len(self.words) - i), 0, -1):
-                readings = vocab.get(tuple(self.words[i : i + n]))
-                if readings:
-                    span = self._disambiguate(readings, i, n, pos)
-                    if span is not None:
-                        spans.append(Span(i, i + n, span.role, span.lemma, span.group, span.plural, span.form))
-                        i += n
-                        break
-            else:
-                i += 1
-        return spans
-
-    def _disambiguate(self, readings: list[Span], i: int, n: int, pos) -> Span | None:
-        roles = {r.role for r in readings}
-        if len(roles) == 1:
-            return readings[0]
-        if pos is not None and pos[i] is not None:  # a tagger knows
-            wanted = {"NOUN": "noun", "PROPN": "noun", "ADJ": "adj", "VERB": "verb", "ADP": "rel"}.get(pos[i])
-            for r in readings:
-                if r.role == wanted:
-                    return r
-        nxt = self.words[i + n] if i + n < len(self.words) else ""
-        next_readings = _vocabulary().get((nxt,), [])
-        before_noun = any(r.role in ("noun", "adj") for r in next_readings)
-        prefer = "adj" if before_noun else "noun"  # "an orange cat" vs "an orange"
-        for r in readings:
-            if r.role == prefer:
-                return r
-        return readings[0]
 
 
 def _match_case(old: str, new: str) -> str:
@@ -190,11 +70,6 @@ def bag_of_words(text: str) -> list[str]:
 
 
 # ---------------------------------------------------------------- candidates per type
-
-
-def _surface(cap: Caption, span: Span) -> str:
-    first, last = cap.word_at[span.start], cap.word_at[span.end - 1]
-    return "".join(cap.tokens[first : last + 1])
 
 
 def _swap(cap: Caption, a: Span, b: Span) -> str:
@@ -340,13 +215,14 @@ def candidates(caption: str, seed: int = 0, tagger: Callable | None = None) -> d
     """Every negative the rules can make, by type, in a deterministic order."""
     cap = Caption(caption, tagger)
     rng = random.Random(zlib.crc32(f"{seed}\x1f{caption}".encode()))
+    # The three replacements draw from one generator, in this order.
     return {
-        "reshuffle_order": _reshuffle_order(cap),
-        "swap_nouns": _swap_nouns(cap),
-        "swap_adjectives": _swap_adjectives(cap),
-        "replace_adjectives": _replace_adjectives(cap, rng),
-        "replace_nouns": _replace_nouns(cap, rng),
-        "replace_relation": _replace_relation(cap, rng),
+        RESHUFFLE_ORDER: _reshuffle_order(cap),
+        SWAP_NOUNS: _swap_nouns(cap),
+        SWAP_ADJECTIVES: _swap_adjectives(cap),
+        REPLACE_ADJECTIVES: _replace_adjectives(cap, rng),
+        REPLACE_NOUNS: _replace_nouns(cap, rng),
+        REPLACE_RELATION: _replace_relation(cap, rng),
     }
 
 

@@ -17,18 +17,17 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import negatives as neg
-from .samples import SkipCounter, SkipSample, caption, iter_shard
-from .specs import parse_sources, shard_name
-from .writer import ShardSink, write_json_atomic
-
-IMPORTED = "imported"
+from ..shards.atomic import publish_dir, staging_dir, write_json_atomic
+from ..shards.reader import BAD_JSON, MISSING_CAPTION, SkipCounter, SkipSample, caption, iter_shard
+from ..shards.specs import parse_sources, shard_name
+from ..shards.writer import ShardSink
+from .rules import generate, normalise
+from .types import IMPORTED
 
 
 class ImportFormatError(ValueError):
@@ -48,7 +47,7 @@ class Imported:
         if key in self.by_key:
             self.used.add(("key", key))
             return self.by_key[key]
-        norm = neg.normalise(caption) if caption else None
+        norm = normalise(caption) if caption else None
         if norm and norm in self.by_caption:
             self.used.add(("caption", norm))
             return self.by_caption[norm]
@@ -86,9 +85,7 @@ def read_imports(path: str | os.PathLike) -> Imported:
             where = f"{path}: item {i}"
             if not isinstance(rec, dict) or not isinstance(rec.get("original"), str) or "enhanced" not in rec:
                 raise ImportFormatError(f"{where}: expected {{'image_id', 'original', 'enhanced': [...]}}")
-            imported.by_caption.setdefault(neg.normalise(rec["original"]), []).extend(
-                _as_negatives(rec["enhanced"], where)
-            )
+            imported.by_caption.setdefault(normalise(rec["original"]), []).extend(_as_negatives(rec["enhanced"], where))
         return imported
     for line_no, line in enumerate(text.splitlines(), 1):
         if not line.strip():
@@ -104,7 +101,7 @@ def read_imports(path: str | os.PathLike) -> Imported:
         if "key" in rec:
             imported.by_key.setdefault(str(rec["key"]), []).extend(negs)
         else:
-            imported.by_caption.setdefault(neg.normalise(str(rec["caption"])), []).extend(negs)
+            imported.by_caption.setdefault(normalise(str(rec["caption"])), []).extend(negs)
     return imported
 
 
@@ -147,9 +144,7 @@ def add_negatives(
     summary = RewriteSummary()
     type_counts: Counter[str] = Counter()
     counter = SkipCounter()
-    tmp = out.with_name(out.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    tmp = staging_dir(out)
     sizes: dict[str, int] = {}
     for i, (url, name) in enumerate(zip(urls, names, strict=True)):
         # One sink per input shard keeps the shard's name and its samples together.
@@ -164,7 +159,7 @@ def add_negatives(
                 except ValueError:
                     meta = None
                 if not isinstance(meta, dict):  # kept byte for byte, without negatives
-                    counter.add("bad_json", f"{sample['__key__']} in {url}")
+                    counter.add(BAD_JSON, f"{sample['__key__']} in {url}")
             if isinstance(meta, dict):
                 caption = _caption_of(sample, meta)
                 if imports is not None:
@@ -174,10 +169,10 @@ def add_negatives(
                     else:
                         summary.matched += 1
                 elif caption is not None:
-                    negs = neg.generate(caption, k=k, seed=seed, types=types)
+                    negs = generate(caption, k=k, seed=seed, types=types)
                 else:
                     negs = None
-                    counter.add("missing_caption", f"{sample['__key__']} in {url}: no caption to perturb")
+                    counter.add(MISSING_CAPTION, f"{sample['__key__']} in {url}: no caption to perturb")
                 if negs:
                     meta = {**meta, "negatives": negs}
                     members["json"] = json.dumps(meta, ensure_ascii=False).encode()
@@ -192,10 +187,8 @@ def add_negatives(
         summary.shards += 1
         if progress:
             progress(i + 1, len(urls))
-    write_json_atomic(tmp / "sizes.json", sizes)
-    if out.exists():
-        out.rmdir()
-    os.replace(tmp, out)
+    write_json_atomic(tmp / "sizes.json", sizes, sort_keys=True)
+    publish_dir(tmp, out)
     summary.skipped = counter.as_dict()
     summary.types = dict(sorted(type_counts.items()))
     if imports is not None:

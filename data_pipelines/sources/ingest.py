@@ -16,9 +16,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from PIL import Image, UnidentifiedImageError
-
-from .writer import ShardSink
+from ..images import open_image
+from ..shards.atomic import publish_dir, staging_dir
+from ..shards.reader import CORRUPT_IMAGE, MISSING_CAPTION, MISSING_IMAGE
+from ..shards.writer import ShardSink
 
 log = logging.getLogger("data_pipelines")
 
@@ -132,15 +133,14 @@ def read_table(path: str | os.PathLike, image_col: str | None = None, caption_co
 
 
 def _image_member(path: str) -> tuple[str, bytes]:
+    """The shard member for an image file: its own bytes when the loader reads its format, else PNG."""
     data = Path(path).read_bytes()
-    with Image.open(io.BytesIO(data)) as im:
-        im.load()
-        fmt = im.format
-        if fmt in _KEEP_FORMATS:
-            return _KEEP_FORMATS[fmt], data
-        buf = io.BytesIO()
-        im.convert("RGB").save(buf, format="PNG")
-        return "png", buf.getvalue()
+    im = open_image(data, path)
+    if im.format in _KEEP_FORMATS:
+        return _KEEP_FORMATS[im.format], data
+    buf = io.BytesIO()
+    im.convert("RGB").save(buf, format="PNG")
+    return "png", buf.getvalue()
 
 
 def write_shards(
@@ -151,7 +151,10 @@ def write_shards(
     caption_col: str | None = None,
     log_fn: Callable[[str], None] = print,
 ) -> IngestSummary:
-    """Write ``out/shard-NNNNNN.tar`` + ``sizes.json`` from a table; refuses a non-empty ``out``."""
+    """Write ``out/shard-NNNNNN.tar`` + ``sizes.json`` from a table; refuses a non-empty ``out``.
+
+    The shards are written beside ``out`` and moved into place when all are complete.
+    """
     rows = read_table(input_path, image_col, caption_col)
     out = Path(out)
     if out.exists() and any(out.iterdir()):
@@ -165,18 +168,19 @@ def write_shards(
         skipped[reason] = skipped.get(reason, 0) + 1
 
     step = max(1, len(rows) // 10)
-    with ShardSink(out, pattern="shard-{:06d}.tar", shard_size=shard_size) as sink:
+    staging = staging_dir(out)
+    with ShardSink(staging, pattern="shard-{:06d}.tar", shard_size=shard_size) as sink:
         for i, row in enumerate(rows):
             if not row.caption:
-                skip("missing_caption", row, "empty caption")
+                skip(MISSING_CAPTION, row, "empty caption")
                 continue
             try:
                 ext, data = _image_member(row.image)
             except FileNotFoundError:
-                skip("missing_image", row, row.image)
+                skip(MISSING_IMAGE, row, row.image)
                 continue
-            except (UnidentifiedImageError, OSError, ValueError) as exn:
-                skip("corrupt_image", row, f"{row.image}: {exn}")
+            except (OSError, ValueError) as exn:  # an ImageError (a ValueError) names the file
+                skip(CORRUPT_IMAGE, row, str(exn))
                 continue
             meta = {"caption": row.caption, "source": row.image, **row.extra}
             if row.negatives:
@@ -186,6 +190,7 @@ def write_shards(
             summary.written += 1
             if (i + 1) % step == 0:
                 log_fn(f"  {i + 1}/{len(rows)} rows")
+    publish_dir(staging, out)
     summary.shards = len(sink.sizes)
     summary.skipped = dict(sorted(skipped.items()))
     return summary

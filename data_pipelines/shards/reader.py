@@ -6,12 +6,10 @@ caller counts in a :class:`SkipCounter` (logged once per reason).
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import random
 import tarfile
-import warnings
 import zlib
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -19,6 +17,7 @@ from collections.abc import Iterator, Sequence
 from PIL import Image
 from webdataset.tariterators import group_by_keys, tar_file_iterator
 
+from ..images import ImageError, open_rgb
 from .specs import open_url
 
 log = logging.getLogger("data_pipelines")
@@ -144,14 +143,11 @@ def image_member(sample: dict) -> tuple[str, bytes]:
 
 def decode_image(sample: dict) -> Image.Image:
     ext, data = image_member(sample)
+    where = f"{sample.get('__key__')}.{ext} in {sample.get('__url__')}"
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
-            image.load()
-        return image.convert("RGB")
-    except Exception as exn:  # noqa: BLE001 - PIL raises many types for broken files
-        raise SkipSample(CORRUPT_IMAGE, f"{sample.get('__key__')}.{ext} in {sample.get('__url__')}: {exn}") from None
+        return open_rgb(data, where)
+    except ImageError as exn:
+        raise SkipSample(CORRUPT_IMAGE, f"{where}: {exn.detail}") from None
 
 
 def metadata(sample: dict) -> dict:

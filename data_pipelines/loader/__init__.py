@@ -1,0 +1,24 @@
+"""The streaming loader: webdataset shards to batches of preprocessed images and tokenised captions.
+
+Two modes:
+
+* ``split``: every epoch the shard list is shuffled with ``(seed, epoch)``, dealt to ranks and then to
+  workers, so each sample is seen exactly once per epoch across the whole job;
+* ``resampled``: every worker draws shards with replacement (a source is picked by its weight, then a
+  shard uniformly within it), for weighted mixtures and endless streams; an epoch is then a nominal
+  ``epoch_samples`` samples.
+
+Everything random is seeded from ``(seed, epoch, rank, worker)`` (the sample shuffle) or from the
+sample itself (augmentation, caption and negative choice), so runs are reproducible.
+
+Exact mid-epoch resume: each worker numbers the raw samples leaving its shuffle buffer; every batch
+carries that position. :meth:`StreamingLoader.state_dict` records, per worker, the position of the
+last batch the caller received, and which worker serves next. On resume each worker replays its
+(deterministic) raw stream and drops the consumed prefix without decoding it, and worker ids are
+rotated so the DataLoader's round-robin continues where it stopped.
+"""
+
+from .loader import StreamingLoader
+from .stream import MODES, DataPipelineError
+
+__all__ = ["MODES", "DataPipelineError", "StreamingLoader"]

@@ -1,0 +1,232 @@
+"""The streaming loader: epochs of batches from :class:`~data_pipelines.loader.stream.ShardStream`,
+run in a DataLoader, with ``state_dict``/``load_state_dict`` for exact mid-epoch resume."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import os
+import signal
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from ..shards.specs import parse_sources
+from .stream import MODES, DataPipelineError, ShardStream
+
+log = logging.getLogger("data_pipelines")
+
+
+def _default_rank_world() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def _init_worker(nice: int, _worker_id: int) -> None:
+    # Ctrl-C and preemption reach the whole process group; the trainer handles them at a step
+    # boundary, and a worker that died of them would break the step in progress.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if nice:
+        os.nice(nice)
+
+
+class StreamingLoader:
+    """Iterate batches of one rank over epochs, with exact mid-epoch resume.
+
+    Batches are dicts: ``image`` (B×3×H×W), ``text`` (B×L token ids), ``key`` (list of sample keys)
+    and, when ``num_negatives`` = K > 0, ``neg_text`` (B×K×L) with ``neg_mask`` (B×K, True where a
+    sample had that many negatives).
+
+    Args:
+        spec: shard spec(s), see :mod:`data_pipelines.shards.specs`; several sources joined by ``::``.
+        preprocess: image transform (e.g. open_clip's), PIL image -> tensor.
+        tokenizer: open_clip tokenizer, list of strings -> LongTensor.
+        batch_size: per rank.
+        mode: ``split`` or ``resampled``.
+        weights: per source, ``resampled`` mode only.
+        epochs: stop after this many epochs (None: endless).
+        epoch_samples: nominal epoch length in ``resampled`` mode (default: the size of the data
+            when ``sizes.json`` knows it, else 1000 per shard).
+        drop_last: drop each worker's last partial batch (keeps batch shapes equal across ranks).
+        max_consecutive_skips: a worker that skips this many samples in a row stops the run.
+        captions: also return the caption strings (``caption``), e.g. for an external text teacher.
+        worker_nice: added to the workers' niceness (0-19). When training on the CPU, workers that
+            yield to the compute threads keep a step's parallel regions from stalling on a
+            preempted thread; the scheduler still gives them every idle cycle.
+    """
+
+    def __init__(
+        self,
+        spec: str | Sequence[str],
+        *,
+        preprocess: Callable,
+        tokenizer: Callable,
+        batch_size: int,
+        mode: str = "split",
+        weights: Sequence[float] | None = None,
+        num_workers: int = 0,
+        seed: int = 0,
+        rank: int | None = None,
+        world_size: int | None = None,
+        shuffle_buffer: int = 1000,
+        num_negatives: int = 0,
+        negative_types: Sequence[str] | None = None,
+        drop_last: bool = True,
+        epochs: int | None = None,
+        epoch_samples: int | None = None,
+        max_consecutive_skips: int = 1000,
+        prefetch_factor: int = 2,
+        captions: bool = False,
+        worker_nice: int = 0,
+    ):
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        if not 0 <= worker_nice <= 19:
+            raise ValueError(f"worker_nice must be in 0..19, got {worker_nice}")
+        if num_workers < 0 or num_negatives < 0:
+            raise ValueError("num_workers and num_negatives must not be negative")
+        if mode == "split" and weights is not None and any(w != 1 for w in weights):
+            raise ValueError("source weights need mode='resampled' (split mode reads every sample once)")
+        if rank is None or world_size is None:
+            rank, world_size = _default_rank_world()
+        self.sources = parse_sources(spec, weights)
+        n_shards = sum(len(s.urls) for s in self.sources)
+        if mode == "split" and n_shards < world_size:
+            raise DataPipelineError(
+                f"{n_shards} shards cannot feed {world_size} ranks in split mode; "
+                "write more, smaller shards or use mode='resampled'"
+            )
+        if mode == "split" and n_shards < world_size * max(1, num_workers):
+            log.warning(
+                "%d shards for %d ranks x %d workers: some workers will be idle", n_shards, world_size, num_workers
+            )
+        self.mode = mode
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+        self.epochs = epochs
+        self.prefetch_factor = prefetch_factor
+        self.worker_nice = worker_nice
+        batches_per_worker = None
+        if mode == "resampled":
+            if epoch_samples is None:
+                known = [s.samples for s in self.sources]
+                epoch_samples = sum(known) if all(k is not None for k in known) else 1000 * n_shards
+            batches_per_worker = max(1, math.ceil(epoch_samples / (world_size * max(1, num_workers) * batch_size)))
+        self.epoch_samples = epoch_samples
+        self.dataset = ShardStream(
+            self.sources,
+            mode=mode,
+            preprocess=preprocess,
+            tokenizer=tokenizer,
+            batch_size=batch_size,
+            rank=rank,
+            world_size=world_size,
+            num_workers=num_workers,
+            seed=seed,
+            shuffle_buffer=shuffle_buffer,
+            num_negatives=num_negatives,
+            negative_types=negative_types,
+            drop_last=drop_last,
+            batches_per_worker=batches_per_worker,
+            max_consecutive_skips=max_consecutive_skips,
+            captions=captions,
+        )
+        self._reset_epoch(0)
+        self._skipped_done: dict[str, int] = {}
+
+    # -- state
+
+    def _reset_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        self.batches_in_epoch = 0
+        self._positions: dict[int, int] = {}
+        self._worker_skips: dict[int, dict[str, int]] = {}
+        self._next_worker = 0
+
+    @property
+    def skipped(self) -> dict[str, int]:
+        """Skipped samples and shards by reason, over everything the caller has received."""
+        total: dict[str, int] = dict(self._skipped_done)
+        for counts in self._worker_skips.values():
+            for k, v in counts.items():
+                total[k] = total.get(k, 0) + v
+        return dict(sorted(total.items()))
+
+    def state_dict(self) -> dict[str, Any]:
+        """JSON-serialisable position of this rank's stream after the last batch received."""
+        return {
+            "version": 1,
+            "mode": self.mode,
+            "seed": self.seed,
+            "rank": self.rank,
+            "world_size": self.world_size,
+            "num_workers": self.num_workers,
+            "batch_size": self.batch_size,
+            "epoch": self.epoch,
+            "batches_in_epoch": self.batches_in_epoch,
+            "positions": {str(k): v for k, v in sorted(self._positions.items())},
+            "next_worker": self._next_worker,
+            "skipped": self.skipped,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for key in ("mode", "seed", "world_size", "num_workers", "batch_size"):
+            if state.get(key) != getattr(self, key):
+                raise DataPipelineError(
+                    f"cannot resume the data stream exactly: it was saved with {key}={state.get(key)!r}, "
+                    f"this run has {key}={getattr(self, key)!r}"
+                )
+        self._reset_epoch(int(state["epoch"]))
+        self.batches_in_epoch = int(state["batches_in_epoch"])
+        self._positions = {int(k): int(v) for k, v in state["positions"].items()}
+        self._next_worker = int(state["next_worker"])
+        self._skipped_done = dict(state.get("skipped", {}))
+
+    # -- iteration
+
+    def _epoch_batches(self) -> Iterator[dict[str, Any]]:
+        ds = self.dataset
+        ds.epoch = self.epoch
+        ds.start_positions = dict(self._positions)
+        workers = max(1, self.num_workers)
+        ds.rotation = self._next_worker % workers
+        if self.num_workers:
+            loader = DataLoader(
+                ds,
+                batch_size=None,
+                num_workers=self.num_workers,
+                prefetch_factor=self.prefetch_factor,
+                worker_init_fn=functools.partial(_init_worker, self.worker_nice),
+            )
+        else:
+            loader = ds
+        for batch, meta in loader:
+            self._positions[meta.worker] = meta.pos
+            self._worker_skips[meta.worker] = meta.skipped
+            if batch is None:
+                continue
+            self._next_worker = (meta.worker + 1) % workers
+            self.batches_in_epoch += 1
+            yield batch
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        while self.epochs is None or self.epoch < self.epochs:
+            yield from self._epoch_batches()
+            if self.batches_in_epoch == 0:
+                raise DataPipelineError(
+                    f"rank {self.rank}: epoch {self.epoch} produced no batch of {self.batch_size} "
+                    f"(skipped: {self.skipped or 'nothing'}); every sample was filtered out or the shards "
+                    "hold fewer samples than one batch per worker"
+                )
+            self._skipped_done = self.skipped
+            self._reset_epoch(self.epoch + 1)

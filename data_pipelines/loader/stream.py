@@ -1,0 +1,206 @@
+"""One rank's stream of batches (an ``IterableDataset``, iterated inside DataLoader workers).
+
+Which shards a worker reads (split or resampled), the shuffle buffer, turning raw samples into
+(pixels, caption, negatives) with per-sample seeds, and the batches, each tagged with the worker's
+position in its raw stream so that :class:`~data_pipelines.loader.StreamingLoader` can resume exactly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import zlib
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import webdataset as wds
+from torch.utils.data import IterableDataset, get_worker_info
+
+from ..shards.reader import SkipCounter, SkipSample, caption, decode_image, iter_shard, metadata, negative_texts
+from ..shards.specs import Source, shard_name
+from .transforms import split_transform
+
+MODES = ("split", "resampled")
+# Shard draws in a row that give no sample before resampled mode gives up.
+MAX_EMPTY_SHARD_DRAWS = 50
+
+
+class DataPipelineError(RuntimeError):
+    """The pipeline cannot deliver data (everything filtered, no shards for a rank, bad state)."""
+
+
+def _seed(*parts: Any) -> int:
+    """A stable 64-bit seed from any parts (Python's hash() is salted per process)."""
+    text = "\x1f".join(str(p) for p in parts).encode()
+    return zlib.crc32(text) << 32 | zlib.adler32(text)
+
+
+@dataclass
+class _BatchMeta:
+    worker: int
+    pos: int  # raw samples this worker has taken from its shuffle buffer, up to this batch
+    skipped: dict[str, int]
+
+
+class ShardStream(IterableDataset):
+    """One rank's stream of batches; iterated inside DataLoader workers (or in-process)."""
+
+    def __init__(
+        self,
+        sources: Sequence[Source],
+        *,
+        mode: str,
+        preprocess: Callable,
+        tokenizer: Callable,
+        batch_size: int,
+        rank: int,
+        world_size: int,
+        num_workers: int,
+        seed: int,
+        shuffle_buffer: int,
+        num_negatives: int,
+        negative_types: Sequence[str] | None,
+        drop_last: bool,
+        batches_per_worker: int | None,
+        max_consecutive_skips: int,
+        captions: bool = False,
+    ):
+        self.sources = list(sources)
+        self.captions = captions
+        self.mode = mode
+        self.transform = split_transform(preprocess)
+        self.tokenizer = tokenizer
+        self.batch_size = batch_size
+        self.rank = rank
+        self.world_size = world_size
+        self.num_workers = num_workers
+        self.seed = seed
+        self.shuffle_buffer = shuffle_buffer
+        self.num_negatives = num_negatives
+        self.negative_types = negative_types
+        self.drop_last = drop_last
+        self.batches_per_worker = batches_per_worker
+        self.max_consecutive_skips = max_consecutive_skips
+        # Set by the loader before each epoch's DataLoader is created.
+        self.epoch = 0
+        self.rotation = 0
+        self.start_positions: dict[int, int] = {}
+
+    # -- which shards this worker reads
+
+    def _split_urls(self, worker: int, workers: int) -> list[str]:
+        urls = [u for s in self.sources for u in s.urls]
+        random.Random(_seed("shards", self.seed, self.epoch)).shuffle(urls)
+        return urls[self.rank :: self.world_size][worker::workers]
+
+    def _resampled_urls(self, worker: int) -> Iterator[str]:
+        rng = random.Random(_seed("resample", self.seed, self.epoch, self.rank, worker))
+        weights = [s.weight for s in self.sources]
+        while True:
+            source = rng.choices(self.sources, weights)[0]
+            yield source.urls[rng.randrange(len(source.urls))]
+
+    def _raw_samples(self, worker: int, workers: int, counter: SkipCounter) -> Iterator[dict]:
+        if self.mode == "split":
+            for url in self._split_urls(worker, workers):
+                yield from iter_shard(url, counter)
+            return
+        empty = 0
+        for url in self._resampled_urls(worker):
+            n = 0
+            for sample in iter_shard(url, counter):
+                n += 1
+                yield sample
+            empty = 0 if n else empty + 1
+            if empty >= MAX_EMPTY_SHARD_DRAWS:
+                raise DataPipelineError(
+                    f"rank {self.rank} worker {worker}: {empty} shard draws in a row gave no sample "
+                    f"(skipped so far: {counter.as_dict()}); check the spec and the shards"
+                )
+
+    # -- turning raw samples into batches
+
+    def _sample_seed(self, sample: dict, worker: int, pos: int) -> int:
+        where = () if self.mode == "split" else (self.rank, worker, pos)
+        return _seed("sample", self.seed, self.epoch, shard_name(sample["__url__"]), sample["__key__"], *where)
+
+    def _decode(self, sample: dict, seed: int, in_worker: bool) -> tuple[Any, str, list[str]]:
+        rng = random.Random(seed)
+        # The JSON member is parsed only when it is needed (negatives, or no .txt caption).
+        meta = metadata(sample) if self.num_negatives or "txt" not in sample else {}
+        text = caption(sample, meta, rng)
+        negs: list[str] = []
+        if self.num_negatives:
+            negs = negative_texts(meta, sample, self.negative_types)
+            if len(negs) > self.num_negatives:
+                negs = rng.sample(negs, self.num_negatives)
+        image = decode_image(sample)
+        # Augmentations draw from torch's global generator: seed it per sample, so a sample's
+        # augmentation does not depend on what was decoded before it (or skipped on resume). A
+        # worker process owns its generator; in the trainer's process it is saved and restored.
+        with contextlib.nullcontext() if in_worker else torch.random.fork_rng(devices=[]):
+            torch.default_generator.manual_seed(seed & 0x7FFF_FFFF_FFFF_FFFF)
+            pixels = self.transform.per_sample(image)
+        return pixels, text, negs
+
+    def _collate(self, items: list[tuple[Any, str, list[str], str]]) -> dict[str, Any]:
+        batch: dict[str, Any] = {
+            "image": self.transform.per_batch([it[0] for it in items]),
+            "text": self.tokenizer([it[1] for it in items]),
+            "key": [it[3] for it in items],
+        }
+        if self.captions:
+            batch["caption"] = [it[1] for it in items]
+        if self.num_negatives:
+            k = self.num_negatives
+            flat = [(negs[j] if j < len(negs) else "") for _, _, negs, _ in items for j in range(k)]
+            tokens = self.tokenizer(flat)
+            batch["neg_text"] = tokens.view(len(items), k, -1)
+            batch["neg_mask"] = torch.tensor([[j < len(negs) for j in range(k)] for _, _, negs, _ in items])
+        return batch
+
+    def __iter__(self) -> Iterator[tuple[dict[str, Any], _BatchMeta]]:
+        info = get_worker_info()
+        physical, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        worker = (physical + self.rotation) % workers
+        counter = SkipCounter(f" (rank {self.rank}, worker {worker})")
+        raw = self._raw_samples(worker, workers, counter)
+        rng = random.Random(_seed("shuffle", self.seed, self.epoch, self.rank, worker))
+        if self.shuffle_buffer > 1:
+            raw = wds.shuffle(self.shuffle_buffer, max(1, self.shuffle_buffer // 10), rng=rng)(raw)
+        start = self.start_positions.get(worker, 0)
+        pos = 0
+        items: list = []
+        batches = 0
+        bad_in_a_row = 0
+        for sample in raw:
+            pos += 1
+            if pos <= start:
+                continue  # consumed before the checkpoint: replayed for the shuffle state, not decoded
+            try:
+                pixels, text, negs = self._decode(sample, self._sample_seed(sample, worker, pos), info is not None)
+            except SkipSample as skip:
+                counter.add(skip.reason, skip.detail)
+                bad_in_a_row += 1
+                if bad_in_a_row >= self.max_consecutive_skips:
+                    raise DataPipelineError(
+                        f"rank {self.rank} worker {worker}: {bad_in_a_row} samples in a row were skipped "
+                        f"({counter.as_dict()}); the shards do not match what the loader expects "
+                        "(an image member jpg/jpeg/png/webp and a caption in .txt or .json)"
+                    ) from None
+                continue
+            bad_in_a_row = 0
+            items.append((pixels, text, negs, sample["__key__"]))
+            if len(items) == self.batch_size:
+                yield self._collate(items), _BatchMeta(worker, pos, counter.as_dict())
+                items = []
+                batches += 1
+                if self.batches_per_worker is not None and batches >= self.batches_per_worker:
+                    return
+        if items and not self.drop_last:
+            yield self._collate(items), _BatchMeta(worker, pos, counter.as_dict())
+        elif pos > 0 or counter.counts:
+            # The last, dropped partial batch still moves the position past the end of the stream.
+            yield None, _BatchMeta(worker, pos, counter.as_dict())

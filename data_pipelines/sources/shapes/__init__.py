@@ -1,0 +1,22 @@
+"""The shapes world: a synthetic, compositional image-caption world.
+
+Every scene holds one or two coloured shapes on a lightly noisy background; two-object scenes
+carry a spatial relation. Because every caption is derived from a structured scene, the truth is
+known exactly, which makes the world useful for three things at once:
+
+* training data that needs no download (``train/``),
+* a zero-shot classification set in CLIP_benchmark's ``wds`` layout (``zeroshot/``), with a split
+  of (colour, shape) combinations that never appear in training (``heldout``),
+* SugarCrepe-format compositional probes whose negatives are exactly false (``compositional/``).
+
+Every sample is drawn from its own generator seeded by ``(seed, split, index)``, so output does not
+depend on worker count or order, and the same arguments give byte-identical files.
+
+Modules: :mod:`.scene` (objects, sampling, placement), :mod:`.render` (drawing), :mod:`.captions`
+(captions, exact negatives), :mod:`.samples` (one sample of each split), :mod:`.world` (the files).
+"""
+
+from .scene import DEFAULT_HELDOUT, parse_heldout
+from .world import WorldConfig, WorldSummary, generate_world
+
+__all__ = ["DEFAULT_HELDOUT", "WorldConfig", "WorldSummary", "generate_world", "parse_heldout"]
