@@ -11,22 +11,22 @@ from pathlib import Path
 import open_clip
 import pytest
 
-from data_pipelines.shapes_world import WorldConfig, generate_world
-from data_pipelines.writer import ShardSink
+from data_pipelines.shards.writer import ShardSink
+from data_pipelines.sources.shapes import WorldConfig, generate_world
 
 REPO = Path(__file__).resolve().parents[1]
+# The workplace's shared folder (benchmark files that are not in the repository): $VLP_SHARED, or
+# shared/ beside the checkout.
+SHARED = Path(os.environ.get("VLP_SHARED") or REPO.parent / "shared")
 
 
-def _shared() -> Path:
-    """The workplace's shared folder (benchmark files): $VLP_SHARED, beside the checkout, or /work/shared."""
-    candidates = [os.environ.get("VLP_SHARED"), REPO.parent / "shared", "/work/shared"]
-    for c in candidates:
-        if c and (Path(c) / "benchmarks").is_dir():
-            return Path(c)
-    return REPO.parent / "shared"
-
-
-SHARED = _shared()
+@pytest.fixture(scope="session")
+def sugarcrepe() -> Path:
+    """SugarCrepe's official JSON files (SHARED/benchmarks/sugarcrepe); the test is skipped without them."""
+    folder = SHARED / "benchmarks" / "sugarcrepe"
+    if not any(folder.glob("*.json")):
+        pytest.skip(f"SugarCrepe's JSON files are not in {folder} (set VLP_SHARED to the folder holding benchmarks/)")
+    return folder
 
 
 @pytest.fixture(scope="session")

@@ -13,9 +13,7 @@ from PIL import Image
 
 from eval_zeroshot import compositional as C
 from eval_zeroshot.cli import main as vlp_eval
-from tests.conftest import SHARED
 
-SUGARCREPE = SHARED / "benchmarks" / "sugarcrepe"
 OFFICIAL_COUNTS = {
     "replace_obj": 1652,
     "replace_att": 788,
@@ -25,6 +23,13 @@ OFFICIAL_COUNTS = {
     "add_obj": 2062,
     "add_att": 692,
 }
+
+
+def compositional(model: Path, benchmark: str, data: Path, *more: str) -> int:
+    """``vlp-eval compositional`` on the exported model; returns the exit status."""
+    return vlp_eval(
+        ["compositional", "--model", f"local-dir:{model}", "--benchmark", benchmark, "--data", str(data), *more]
+    )
 
 
 def test_tie_rules():
@@ -118,30 +123,16 @@ def test_order_perturbations_keep_words_and_follow_the_seed():
     assert len(C.pre_caption(" ".join(["w"] * 40)).split()) == 30
 
 
-def test_sugarcrepe_files_give_the_official_counts(exported, tmp_path, capsys):
+def test_sugarcrepe_files_give_the_official_counts(exported, sugarcrepe, tmp_path, capsys):
     images = tmp_path / "val2017"
     images.mkdir()
-    names = {item["filename"] for f in SUGARCREPE.glob("*.json") for item in json.loads(f.read_text()).values()}
+    names = {item["filename"] for f in sugarcrepe.glob("*.json") for item in json.loads(f.read_text()).values()}
     assert len(names) == 1560
     for i, name in enumerate(sorted(names)):
         Image.new("RGB", (8, 8), (i % 256, (7 * i) % 256, 99)).save(images / name, format="JPEG")
     out = tmp_path / "sc.json"
-    args = [
-        "compositional",
-        "--model",
-        f"local-dir:{exported}",
-        "--benchmark",
-        "sugarcrepe",
-        "--data",
-        str(SUGARCREPE),
-        "--images",
-        str(images),
-        "--out",
-        str(out),
-        "--batch-size",
-        "256",
-    ]
-    assert vlp_eval(args) == 0
+    args = ("--images", str(images), "--out", str(out), "--batch-size", "256")
+    assert compositional(exported, "sugarcrepe", sugarcrepe, *args) == 0
     result = json.loads(out.read_text())
     assert {k: v["n"] for k, v in result["subsets"].items()} == OFFICIAL_COUNTS
     assert {k: v["n"] for k, v in result["pooled"].items()} == {"REPLACE": 3846, "SWAP": 911, "ADD": 2754}
@@ -151,7 +142,7 @@ def test_sugarcrepe_files_give_the_official_counts(exported, tmp_path, capsys):
     # One image missing: listed before any compute, with the count.
     (images / sorted(names)[0]).unlink()
     (images / sorted(names)[1]).unlink()
-    assert vlp_eval(args) == 2
+    assert compositional(exported, "sugarcrepe", sugarcrepe, *args) == 2
     err = capsys.readouterr().err
     assert "2 images of" in err and sorted(names)[0] in err
 
@@ -179,24 +170,7 @@ def test_aro_vg_and_order_from_the_command_line(exported, tmp_path, capsys):
     exclude = tmp_path / "excluded.json"
     exclude.write_text(json.dumps(["beside"]))
     out = tmp_path / "vgr.json"
-    assert (
-        vlp_eval(
-            [
-                "compositional",
-                "--model",
-                f"local-dir:{exported}",
-                "--benchmark",
-                "aro-vgr",
-                "--data",
-                str(vgr),
-                "--exclude",
-                str(exclude),
-                "--out",
-                str(out),
-            ]
-        )
-        == 0
-    )
+    assert compositional(exported, "aro-vgr", vgr, "--exclude", str(exclude), "--out", str(out)) == 0
     result = json.loads(out.read_text())
     assert set(result["groups"]) == {"on", "under"} and result["subsets"]["vg_relation"]["n"] == 6
     karpathy = tmp_path / "coco_karpathy_test.json"
@@ -212,24 +186,7 @@ def test_aro_vg_and_order_from_the_command_line(exported, tmp_path, capsys):
         )
     )
     out = tmp_path / "order.json"
-    assert (
-        vlp_eval(
-            [
-                "compositional",
-                "--model",
-                f"local-dir:{exported}",
-                "--benchmark",
-                "aro-coco-order",
-                "--data",
-                str(karpathy),
-                "--tagger",
-                "lexicon",
-                "--out",
-                str(out),
-            ]
-        )
-        == 0
-    )
+    assert compositional(exported, "aro-coco-order", karpathy, "--tagger", "lexicon", "--out", str(out)) == 0
     assert json.loads(out.read_text())["subsets"]["coco_order"]["n"] == 6
     try:
         import spacy  # noqa: F401
@@ -238,41 +195,13 @@ def test_aro_vg_and_order_from_the_command_line(exported, tmp_path, capsys):
     except ImportError:
         has_spacy = False
     if not has_spacy:  # the default tagger is spaCy's; without it, a clear message
-        assert (
-            vlp_eval(
-                [
-                    "compositional",
-                    "--model",
-                    f"local-dir:{exported}",
-                    "--benchmark",
-                    "aro-coco-order",
-                    "--data",
-                    str(karpathy),
-                ]
-            )
-            == 2
-        )
+        assert compositional(exported, "aro-coco-order", karpathy) == 2
         assert "en_core_web_sm" in capsys.readouterr().err
 
 
 def test_shapes_world_with_the_heldout_split(exported, world, tmp_path):
     out = tmp_path / "shapes.json"
-    assert (
-        vlp_eval(
-            [
-                "compositional",
-                "--model",
-                f"local-dir:{exported}",
-                "--benchmark",
-                "shapes",
-                "--data",
-                str(world / "compositional"),
-                "--out",
-                str(out),
-            ]
-        )
-        == 0
-    )
+    assert compositional(exported, "shapes", world / "compositional", "--out", str(out)) == 0
     subsets = json.loads(out.read_text())["subsets"]
     assert set(subsets) == {
         f"{p}{k}"

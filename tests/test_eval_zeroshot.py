@@ -34,6 +34,11 @@ class ColourModel(torch.nn.Module):
         return torch.tensor([self.COLOURS[int(t[0])] for t in tokens])
 
 
+def zeroshot(model: Path, *args: str) -> int:
+    """``vlp-eval zeroshot`` on the exported model; returns the exit status."""
+    return vlp_eval(["zeroshot", "--model", f"local-dir:{model}", *args])
+
+
 def colour_image(rgb):
     return lambda: Image.new("RGB", (4, 4), rgb)
 
@@ -123,22 +128,7 @@ def test_equal_to_clip_benchmark(world, exported, tmp_path, capsys):
     for split in ("test", "heldout"):
         theirs = clip_benchmark(exported, root, split, "zeroshot_classification", tmp_path / f"cb_{split}.json")
         out = tmp_path / f"ours_{split}.json"
-        assert (
-            vlp_eval(
-                [
-                    "zeroshot",
-                    "--model",
-                    f"local-dir:{exported}",
-                    "--dataset",
-                    str(root),
-                    "--split",
-                    split,
-                    "--out",
-                    str(out),
-                ]
-            )
-            == 0
-        )
+        assert zeroshot(exported, "--dataset", str(root), "--split", split, "--out", str(out)) == 0
         ours = json.loads(out.read_text())["results"][0]["metrics"]
         assert set(ours) == set(theirs)
         for name in theirs:
@@ -146,9 +136,7 @@ def test_equal_to_clip_benchmark(world, exported, tmp_path, capsys):
     retrieval = retrieval_set(world, tmp_path / "retrieval")
     theirs = clip_benchmark(exported, retrieval, "test", "zeroshot_retrieval", tmp_path / "cb_ret.json")
     out = tmp_path / "ours_ret.json"
-    assert (
-        vlp_eval(["zeroshot", "--model", f"local-dir:{exported}", "--dataset", str(retrieval), "--out", str(out)]) == 0
-    )
+    assert zeroshot(exported, "--dataset", str(retrieval), "--out", str(out)) == 0
     ours = json.loads(out.read_text())["results"][0]["metrics"]
     assert set(ours) == set(theirs)
     for name in theirs:
@@ -168,23 +156,8 @@ def test_image_folder_and_caption_table(exported, tmp_path):
         "image,caption\nfolder/red/0.png,a red square\nfolder/red/0.png,red\nfolder/green/0.png,a green square\n"
     )
     out = tmp_path / "r.json"
-    assert (
-        vlp_eval(
-            [
-                "zeroshot",
-                "--model",
-                f"local-dir:{exported}",
-                "--dataset",
-                str(tmp_path / "folder"),
-                str(table),
-                "--templates",
-                str(templates),
-                "--out",
-                str(out),
-            ]
-        )
-        == 0
-    )
+    dataset = ("--dataset", str(tmp_path / "folder"), str(table))
+    assert zeroshot(exported, *dataset, "--templates", str(templates), "--out", str(out)) == 0
     results = json.loads(out.read_text())["results"]
     assert [r["task"] for r in results] == ["classification", "retrieval"]
     assert results[0]["counts"] == {"images": 6, "classes": 2} and results[1]["counts"] == {"images": 2, "captions": 3}
@@ -192,7 +165,6 @@ def test_image_folder_and_caption_table(exported, tmp_path):
 
 
 def test_bad_datasets_are_clear_errors(exported, world, tmp_path, capsys):
-    model = ["zeroshot", "--model", f"local-dir:{exported}", "--dataset"]
     no_names = tmp_path / "no_names"
     (no_names / "test").mkdir(parents=True)
     write_shards(
@@ -202,25 +174,25 @@ def test_bad_datasets_are_clear_errors(exported, world, tmp_path, capsys):
         pattern="{}.tar",
     )
     (no_names / "test" / "nshards.txt").write_text("1")
-    assert vlp_eval([*model, str(no_names)]) == 2
+    assert zeroshot(exported, "--dataset", str(no_names)) == 2
     assert "classnames.txt is missing" in capsys.readouterr().err
     empty = tmp_path / "empty"
     (empty / "test").mkdir(parents=True)
     (empty / "test" / "nshards.txt").write_text("0")
     (empty / "classnames.txt").write_text("x\n")
-    assert vlp_eval([*model, str(empty)]) == 2
+    assert zeroshot(exported, "--dataset", str(empty)) == 2
     assert "holds no samples" in capsys.readouterr().err
     broken = tmp_path / "broken"
     (broken / "cat").mkdir(parents=True)
     (broken / "cat" / "0.png").write_bytes(b"not an image")
-    assert vlp_eval([*model, str(broken), "--templates", str(REPO / "README.md")]) == 2
+    assert zeroshot(exported, "--dataset", str(broken), "--templates", str(REPO / "README.md")) == 2
     assert "needs a {c} placeholder" in capsys.readouterr().err
     templates = tmp_path / "t.txt"
     templates.write_text("{c}\n")
-    assert vlp_eval([*model, str(broken), "--templates", str(templates)]) == 2
+    assert zeroshot(exported, "--dataset", str(broken), "--templates", str(templates)) == 2
     err = capsys.readouterr().err
     assert "cannot read image" in err and "0.png" in err
-    assert vlp_eval([*model, str(tmp_path / "nowhere")]) == 2
+    assert zeroshot(exported, "--dataset", str(tmp_path / "nowhere")) == 2
     assert "does not exist" in capsys.readouterr().err
     assert vlp_eval(["zeroshot", "--model", "no-such-model", "--dataset", str(world / "zeroshot")]) == 2
     assert "cannot load model" in capsys.readouterr().err

@@ -10,7 +10,7 @@ from pathlib import Path
 from PIL import Image
 
 from data_pipelines.cli import main as vlp_data
-from data_pipelines.samples import SkipCounter, iter_shard
+from data_pipelines.shards.reader import SkipCounter, iter_shard
 from tests.conftest import png, simple_samples, write_shards
 
 

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from data_pipelines.loader import DataPipelineError, StreamingLoader
-from data_pipelines.samples import SkipCounter, iter_shard
-from data_pipelines.specs import SpecError
+from data_pipelines.shards.reader import SkipCounter, iter_shard
+from data_pipelines.shards.specs import SpecError
 from tests.conftest import deadline, png, simple_samples, write_shards
 
 
@@ -314,3 +314,19 @@ def test_reads_img2dataset_output_as_is(tmp_path, preprocess, tokenizer):
         (tmp_path / f"{n:05d}_stats.json").write_text(json.dumps({"count": 5, "successes": 5}))
     ld = loader(tmp_path, preprocess, tokenizer, shuffle_buffer=0)
     assert keys_of(ld) == [s["__key__"] for s in samples] and not ld.skipped
+
+
+def test_peek_streams_batches_and_fails_on_bad_data(tmp_path, capsys):
+    from data_pipelines.cli import main as vlp_data
+
+    write_shards(tmp_path / "ok", simple_samples(12), shard_size=6)
+    assert vlp_data(["peek", str(tmp_path / "ok"), "--batches", "2", "--batch-size", "4", "--workers", "0"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["batches"] == 2 and summary["samples"] == 8 and summary["state"]["batches_in_epoch"] == 2
+    # Data that cannot be used is exit status 1 (EXIT_DATA), not a usage error.
+    write_shards(tmp_path / "bad", [{"__key__": f"k{i}", "txt": b"no image"} for i in range(8)], shard_size=4)
+    with deadline(60):
+        assert vlp_data(["peek", str(tmp_path / "bad"), "--workers", "0"]) == 1
+    assert "missing_image" in capsys.readouterr().err
+    assert vlp_data(["peek", str(tmp_path / "none-{0..3}.tar")]) == 1
+    assert "matches no file" in capsys.readouterr().err
