@@ -1,4 +1,6 @@
-"""Data for vision-language pretraining: the shapes world, shard writing and the streaming loader.
+"""Data for vision-language pretraining, any trainer's; this package never imports ``vlp``.
 
-This package serves any trainer; it never imports ``vlp``.
+In the order data flows: :mod:`.sources` (a user's table, the synthetic shapes world) are written
+as :mod:`.shards` (specs, reading, atomic writing, stats), optionally rewritten with hard
+:mod:`.negatives`, and streamed to a trainer by the :mod:`.loader`. ``vlp-data`` is :mod:`.cli`.
 """

@@ -113,10 +113,12 @@ def run_compositional(args: argparse.Namespace, loaded) -> dict:
             chance=0.5,
         )
         return result
+    from . import word_order as W
+
     images = Path(args.images) if args.images else data.parent
-    cases = C.read_karpathy(data, images)
-    tagger = C.lexicon_pos_tagger() if args.tagger == "lexicon" else C.spacy_pos_tagger()
-    correct = C.score_order(scorer, cases, tagger, args.seed)
+    cases = W.read_karpathy(data, images)
+    tagger = W.lexicon_pos_tagger() if args.tagger == "lexicon" else W.spacy_pos_tagger()
+    correct = W.score_order(scorer, cases, tagger, args.seed)
     name = "coco_order" if args.benchmark == "aro-coco-order" else "flickr_order"
     result.update(
         subsets={name: {"accuracy": correct.float().mean().item(), "n": len(cases)}},

@@ -5,18 +5,13 @@
 * ARO VG-Relation / VG-Attribution: the image cropped to the bbox; options ``[false, true]``;
   prediction = first argmax, so a tie picks the false caption; VG-R macro accuracy over relations not
   in the exclusion list, VG-A macro accuracy over attribute pairs with at least 25 cases.
-* ARO COCO-Order / Flickr30k-Order: one case per caption with options ``[original, shuffled nouns and
-  adjectives, shuffled all but nouns and adjectives, shuffled within trigrams, shuffled trigrams]``,
-  each through ``pre_caption(·, 30)``; correct iff the argmax is the original (a tie counts as
-  correct); seeded shuffles.
+* ARO COCO-Order / Flickr30k-Order: see :mod:`eval_zeroshot.word_order`.
 * shapes: the shapes world's compositional files with SugarCrepe's scoring, held-out split included.
 """
 
 from __future__ import annotations
 
 import json
-import random
-import re
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -85,14 +80,15 @@ class Scorer:
         return torch.cat(out)
 
 
-def _open_rgb(path: Path) -> Image.Image:
+def load_rgb(path: Path) -> Image.Image:
+    """The image file as RGB; a DatasetError naming it when it cannot be read."""
     try:
         return open_rgb(path)
     except ImageError as exn:
         raise DatasetError(str(exn)) from None
 
 
-def _check_images(paths: Sequence[Path], where: str) -> None:
+def check_images(paths: Sequence[Path], where: str) -> None:
     missing = sorted({str(p) for p in paths if not p.is_file()})
     if missing:
         shown = ", ".join(missing[:5])
@@ -125,7 +121,7 @@ def read_sugarcrepe(folder: Path, images: Path) -> dict[str, list[dict]]:
                 raise DatasetError(f"{path}: item {key} lacks filename/caption/negative_caption")
             items.append({"image": images / item["filename"], "pos": item["caption"], "neg": item["negative_caption"]})
         subsets[path.stem] = items
-    _check_images([i["image"] for items in subsets.values() for i in items], f"{folder} (looked in {images})")
+    check_images([i["image"] for items in subsets.values() for i in items], f"{folder} (looked in {images})")
     return subsets
 
 
@@ -133,7 +129,7 @@ def score_pairs(scorer: Scorer, subsets: dict[str, list[dict]]) -> dict[str, dic
     results = {}
     for name, items in subsets.items():
         keys = [(i["image"],) for i in items]
-        f = scorer.images(keys, lambda k: _open_rgb(k[0]))
+        f = scorer.images(keys, lambda k: load_rgb(k[0]))
         correct = strict_pair_correct(
             f, scorer.texts([i["pos"] for i in items]), scorer.texts([i["neg"] for i in items])
         )
@@ -168,7 +164,7 @@ def read_aro_vg(path: Path, images: Path) -> list[dict]:
         missing = {"image_path", "bbox_x", "bbox_y", "bbox_w", "bbox_h", "true_caption", "false_caption"} - set(rec)
         if missing:
             raise DatasetError(f"{path}: item {i} lacks {sorted(missing)}")
-    _check_images([images / r["image_path"] for r in data], f"{path} (looked in {images})")
+    check_images([images / r["image_path"] for r in data], f"{path} (looked in {images})")
     return data
 
 
@@ -179,7 +175,7 @@ def crop_box(rec: dict) -> tuple[int, int, int, int]:
 
 def score_aro_vg(scorer: Scorer, data: list[dict], images: Path) -> torch.Tensor:
     keys = [(images / r["image_path"], crop_box(r)) for r in data]
-    f = scorer.images(keys, lambda k: _open_rgb(k[0]).crop(k[1]))
+    f = scorer.images(keys, lambda k: load_rgb(k[0]).crop(k[1]))
     false = scorer.texts([r["false_caption"] for r in data])
     true = scorer.texts([r["true_caption"] for r in data])
     scores = torch.stack([(f * false).sum(-1), (f * true).sum(-1)], dim=1)  # options [false, true]
@@ -209,112 +205,3 @@ def vg_relation_groups(data: list[dict]) -> list[str]:
 
 def vg_attribution_groups(data: list[dict]) -> list[str]:
     return [f"{r['attributes'][0]}_{r['attributes'][1]}" for r in data]
-
-
-# ---------------------------------------------------------------- ARO: COCO-Order, Flickr30k-Order
-
-
-def pre_caption(caption: str, max_words: int = 30) -> str:
-    """BLIP's caption cleaning, as ARO applies it."""
-    caption = re.sub(r"([.!\"()*#:;~])", " ", caption.lower())
-    caption = re.sub(r"\s{2,}", " ", caption).rstrip("\n").strip(" ")
-    return " ".join(caption.split(" ")[:max_words])
-
-
-def _shuffle_where(words: list[str], chosen: Sequence[bool], rng: random.Random) -> list[str]:
-    idx = [i for i, c in enumerate(chosen) if c]
-    picked = [words[i] for i in idx]
-    rng.shuffle(picked)
-    out = list(words)
-    for i, w in zip(idx, picked, strict=True):
-        out[i] = w
-    return out
-
-
-def shuffle_nouns_and_adjectives(words: list[str], tags: Sequence[str], rng: random.Random) -> list[str]:
-    return _shuffle_where(words, [t in ("NOUN", "ADJ") for t in tags], rng)
-
-
-def shuffle_all_but_nouns_and_adjectives(words: list[str], tags: Sequence[str], rng: random.Random) -> list[str]:
-    return _shuffle_where(words, [t not in ("NOUN", "ADJ") for t in tags], rng)
-
-
-def _trigrams(words: list[str]) -> list[list[str]]:
-    return [words[i : i + 3] for i in range(0, len(words), 3)]
-
-
-def shuffle_within_trigrams(words: list[str], rng: random.Random) -> list[str]:
-    out = []
-    for tri in _trigrams(words):
-        tri = list(tri)
-        rng.shuffle(tri)
-        out += tri
-    return out
-
-
-def shuffle_trigrams(words: list[str], rng: random.Random) -> list[str]:
-    tris = _trigrams(words)
-    rng.shuffle(tris)
-    return [w for tri in tris for w in tri]
-
-
-def order_options(caption: str, tagger: Callable[[list[str]], list[str]], rng: random.Random) -> list[str]:
-    """[original, nouns+adjectives shuffled, the rest shuffled, within trigrams, trigrams], cleaned."""
-    words = pre_caption(caption).split()
-    tags = tagger(words)
-    variants = [
-        words,
-        shuffle_nouns_and_adjectives(words, tags, rng),
-        shuffle_all_but_nouns_and_adjectives(words, tags, rng),
-        shuffle_within_trigrams(words, rng),
-        shuffle_trigrams(words, rng),
-    ]
-    return [pre_caption(" ".join(v)) for v in variants]
-
-
-def spacy_pos_tagger() -> Callable[[list[str]], list[str]]:
-    try:
-        import spacy
-
-        nlp = spacy.load("en_core_web_sm")
-    except Exception:  # noqa: BLE001
-        raise DatasetError(
-            "COCO-Order and Flickr30k-Order shuffle nouns and adjectives, which needs spaCy's English tagger "
-            "(as the official code): pip install spacy, then install the en_core_web_sm model package. "
-            "Or pass --tagger lexicon to use vlp's own lexicon (numbers then differ from the official ones)."
-        ) from None
-    from spacy.tokens import Doc
-
-    return lambda words: [t.pos_ for t in nlp(Doc(nlp.vocab, words=words))]
-
-
-def lexicon_pos_tagger() -> Callable[[list[str]], list[str]]:
-    """NOUN/ADJ from data_pipelines' lexicon (single words), everything else X."""
-    from data_pipelines.negatives.lexicon import pos_tag
-
-    return pos_tag
-
-
-def read_karpathy(path: Path, images: Path) -> list[dict]:
-    """Karpathy-split test JSON: a list of {"image": relative path, "caption": [captions]}."""
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as exn:
-        raise DatasetError(f"{path}: cannot read the Karpathy test file ({exn})") from None
-    cases = []
-    for i, rec in enumerate(data):
-        if "image" not in rec or "caption" not in rec:
-            raise DatasetError(f"{path}: item {i} lacks image/caption")
-        captions = rec["caption"] if isinstance(rec["caption"], list) else [rec["caption"]]
-        cases += [{"image": images / rec["image"], "caption": c} for c in captions]
-    _check_images([c["image"] for c in cases], f"{path} (looked in {images})")
-    return cases
-
-
-def score_order(scorer: Scorer, cases: list[dict], tagger, seed: int) -> torch.Tensor:
-    rng = random.Random(seed)
-    options = [order_options(c["caption"], tagger, rng) for c in cases]
-    f = scorer.images([(c["image"],) for c in cases], lambda k: _open_rgb(k[0]))
-    flat = scorer.texts([o for opts in options for o in opts]).reshape(len(cases), 5, -1)
-    scores = torch.einsum("nd,nkd->nk", f, flat)
-    return first_argmax_correct(scores, 0)  # a tie with the original goes to the original: correct
