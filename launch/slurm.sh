@@ -20,11 +20,14 @@ GPUS_PER_NODE=${GPUS_PER_NODE:-8}
 MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
 MASTER_PORT=${MASTER_PORT:-29500}
 
-srun --kill-on-bad-exit=1 bash -c "accelerate launch \
+export MASTER_ADDR MASTER_PORT GPUS_PER_NODE
+# The recipe and overrides reach the node's shell as its arguments ("$0", "$@"), never re-split or
+# re-expanded: an override such as "objective.terms={clip: 1.0}" stays one word.
+srun --kill-on-bad-exit=1 bash -c 'exec accelerate launch \
     --config_file launch/accelerate/multinode_zero2.yaml \
-    --num_machines $SLURM_NNODES \
-    --num_processes $((SLURM_NNODES * GPUS_PER_NODE)) \
-    --machine_rank \$SLURM_NODEID \
-    --main_process_ip $MASTER_ADDR \
-    --main_process_port $MASTER_PORT \
-    -m vlp.train --config $RECIPE train.resume=latest $*"
+    --num_machines "$SLURM_NNODES" \
+    --num_processes "$((SLURM_NNODES * GPUS_PER_NODE))" \
+    --machine_rank "$SLURM_NODEID" \
+    --main_process_ip "$MASTER_ADDR" \
+    --main_process_port "$MASTER_PORT" \
+    -m vlp.train --config "$0" train.resume=latest "$@"' "$RECIPE" "$@"
