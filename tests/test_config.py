@@ -75,3 +75,10 @@ def test_print_config_shows_the_resolved_tree(capsys):
     assert vlp_train(["--config", str(REPO / "configs/demo.yaml"), "train.max_steps=7", "--print-config"]) == 0
     out = capsys.readouterr().out
     assert "max_steps: 7" in out and "shapes_world: data/shapes" in out
+
+
+def test_a_mapping_override_replaces_the_recipe_s_mapping(tmp_path):
+    """objective.terms is replaced, never merged: the control run of the README drops negclip. (OmegaConf
+    merges mappings, which would silently keep the recipe's terms: one reason vlp keeps its own tree.)"""
+    cfg = load_config(REPO / "configs/negclip.yaml", ["objective.terms={clip: 1.0}", "data.negatives=0"])
+    assert cfg.objective.terms == {"clip": 1.0}

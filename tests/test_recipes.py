@@ -7,9 +7,8 @@ import json
 
 import pytest
 
-from data_pipelines.shapes_world import WorldConfig, generate_world
-from tests.conftest import REPO
-from tests.test_train import launch_cmd, metrics, run
+from data_pipelines.sources.shapes import WorldConfig, generate_world
+from tests.runs import REPO, launch_cmd, metrics, run
 
 pytestmark = pytest.mark.slow
 STEPS = 16
@@ -77,7 +76,9 @@ def test_recipe_runs_under_zero2_and_learns(recipe, world, tmp_path):
         assert all(logged[s]["proto"] == 0.0 for s in range(1, 6))  # the first episode is CLIP only
         assert all(logged[s]["proto"] > 0.0 for s in range(6, STEPS + 1))
     if recipe == "degla":
-        assert all(r["distill"] >= 0 and r["tgc"] > 0 for r in logged.values())
+        # From step 2 the student has moved and the EMA teacher (decay 0.99) lags behind it: a teacher
+        # that aliased the student, or features never filled in, would give exactly 0.
+        assert all(logged[s]["distill"] > 0 and logged[s]["tgc"] > 0 for s in range(2, STEPS + 1))
 
 
 @pytest.mark.parametrize("recipe,resume_at", [("degla", 8), ("protoclip", 8)])
@@ -119,7 +120,7 @@ def test_protoclip_external_teacher(world, tmp_path):
 
 
 def test_sentence_teacher_is_offline_and_semantic():
-    from vlp.protoclip import SentenceTeacher
+    from vlp.protoclip.teacher import SentenceTeacher
 
     emb = SentenceTeacher()(["a red circle", "a red round shape", "a blue square"])
     assert emb.shape == (3, 384)

@@ -6,9 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -16,25 +14,13 @@ import open_clip
 import pytest
 import torch
 
-from data_pipelines.shapes_world import WorldConfig, generate_world
-from tests.conftest import REPO
+from tests.fault_hooks import environment
+from tests.runs import REPO, launch_cmd, max_diff, metrics, run, train_cmd, weights
 from vlp.checkpoint import list_checkpoints
-from vlp.export import checkpoint_state_dict, clip_weights
 
 pytestmark = pytest.mark.slow
-BIN = Path(sys.executable).parent
 MAX_STEPS = 12
 SAVE_EVERY = 4  # checkpoints at 4, 8, 12: each is about 200 MB (weights and Adam states)
-
-
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory) -> Path:
-    """400 samples in shards of 8: with batch 8 per rank and no shuffle buffer, 2 ranks x 8 read the
-    same samples per step as 1 rank x 16 (rank r takes shard r of each pair)."""
-    out = tmp_path_factory.mktemp("trainworld") / "shapes"
-    cfg = WorldConfig(train_samples=400, shard_size=8, zeroshot_per_class=1, compositional_per_type=1)
-    generate_world(out, cfg, workers=1, log=lambda _: None)
-    return out / "train"
 
 
 def common(shards: Path, out: Path) -> list[str]:
@@ -58,57 +44,18 @@ def common(shards: Path, out: Path) -> list[str]:
     ]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def launch_cmd(launch_config: str, overrides: list[str]) -> list[str]:
-    return [
-        str(BIN / "accelerate"),
-        "launch",
-        "--config_file",
-        str(REPO / "launch" / "accelerate" / launch_config),
-        "--main_process_port",
-        str(free_port()),
-        "-m",
-        "vlp.train",
-        *overrides,
-    ]
-
-
-def run(cmd: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout)
-    return proc
-
-
-def metrics(out: Path) -> dict[int, dict]:
-    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    return {r["step"]: r for r in records}
-
-
-def weights(checkpoint: Path) -> dict[str, torch.Tensor]:
-    return clip_weights(checkpoint_state_dict(checkpoint))
-
-
-def max_diff(a: dict, b: dict) -> float:
-    assert a.keys() == b.keys()
-    return max((a[k] - b[k]).abs().max().item() for k in a)
-
-
 @pytest.fixture(scope="module")
-def zero2_run(shards, tmp_path_factory) -> Path:
+def zero2_run(train_shards, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("zero2") / "run"
-    zeroshot = shards.parent / "zeroshot"
+    zeroshot = train_shards.parent / "zeroshot"
     evals = [f"eval.zeroshot=[{zeroshot}:test, {zeroshot}:heldout]", "eval.batch_size=7"]
-    proc = run(launch_cmd("cpu_deepspeed_zero2.yaml", [*common(shards, out), *evals]))
+    proc = run(launch_cmd("cpu_deepspeed_zero2.yaml", [*common(train_shards, out), *evals]))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     assert "DeepSpeed ZeRO-2, 2 process(es)" in proc.stdout
     return out
 
 
-def test_zero2_run_completes_checkpoints_and_exports(zero2_run, shards):
+def test_zero2_run_completes_checkpoints_and_exports(zero2_run):
     steps = [s for s, _ in list_checkpoints(zero2_run)]
     assert steps == list(range(SAVE_EVERY, MAX_STEPS + 1, SAVE_EVERY))
     assert sorted(metrics(zero2_run)) == list(range(1, MAX_STEPS + 1))
@@ -137,7 +84,7 @@ def test_zero2_run_completes_checkpoints_and_exports(zero2_run, shards):
         assert torch.allclose(ours.encode_text(texts), model.encode_text(texts), atol=1e-6)
 
 
-def test_evaluation_during_training_splits_ranks_and_matches_the_evaluator(zero2_run, shards, tmp_path):
+def test_evaluation_during_training_splits_ranks_and_matches_the_evaluator(zero2_run, train_shards, tmp_path):
     from eval_zeroshot.cli import main as vlp_eval
 
     during = {r["dataset"]: r["metrics"] for r in json.loads((zero2_run / "summary.json").read_text())["eval"]}
@@ -151,7 +98,7 @@ def test_evaluation_during_training_splits_ranks_and_matches_the_evaluator(zero2
             "--model",
             f"local-dir:{zero2_run / 'export'}",
             "--dataset",
-            str(shards.parent / "zeroshot"),
+            str(train_shards.parent / "zeroshot"),
             "--split",
             split,
             "--out",
@@ -164,12 +111,12 @@ def test_evaluation_during_training_splits_ranks_and_matches_the_evaluator(zero2
 
 
 @pytest.mark.parametrize("how", ["single", "ddp"])
-def test_two_ranks_match_one_rank_with_twice_the_batch(zero2_run, shards, tmp_path, how):
+def test_two_ranks_match_one_rank_with_twice_the_batch(zero2_run, train_shards, tmp_path, how):
     out = tmp_path / how
     if how == "single":  # one process, no launcher, batch 16
-        cmd = [str(BIN / "vlp-train"), *common(shards, out), "train.batch_size=16"]
+        cmd = train_cmd([*common(train_shards, out), "train.batch_size=16"])
     else:  # 2 ranks x 8 under plain DDP: the other distributed path through the same code
-        cmd = launch_cmd("cpu_ddp.yaml", common(shards, out))
+        cmd = launch_cmd("cpu_ddp.yaml", common(train_shards, out))
     proc = run(cmd)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     ref, got = metrics(zero2_run), metrics(out)
@@ -180,10 +127,10 @@ def test_two_ranks_match_one_rank_with_twice_the_batch(zero2_run, shards, tmp_pa
     assert diff < 1e-5, diff  # measured: 2.1e-6 single, 4.4e-6 DDP
 
 
-def test_resume_from_step_k_logs_the_same_losses(zero2_run, shards, tmp_path):
+def test_resume_from_step_k_logs_the_same_losses(zero2_run, train_shards, tmp_path):
     out = tmp_path / "resumed"  # another output_dir
     ckpt = zero2_run / "checkpoints" / f"step_{SAVE_EVERY}"
-    proc = run(launch_cmd("cpu_deepspeed_zero2.yaml", [*common(shards, out), f"train.resume={ckpt}"]))
+    proc = run(launch_cmd("cpu_deepspeed_zero2.yaml", [*common(train_shards, out), f"train.resume={ckpt}"]))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     ref, got = metrics(zero2_run), metrics(out)
     assert sorted(got) == list(range(SAVE_EVERY + 1, MAX_STEPS + 1))
@@ -192,12 +139,13 @@ def test_resume_from_step_k_logs_the_same_losses(zero2_run, shards, tmp_path):
         assert ref[step]["lr"] == got[step]["lr"]
 
 
-def test_sigterm_saves_at_the_step_boundary_and_resume_continues(zero2_run, shards, tmp_path):
+def test_sigterm_saves_at_the_step_boundary_and_resume_continues(zero2_run, train_shards, tmp_path):
     out = tmp_path / "preempted"
-    overrides = [*common(shards, out), "debug.step_sleep=0.5", "train.save_every=100"]
+    overrides = [*common(train_shards, out), "train.save_every=100"]
     proc = subprocess.Popen(
         launch_cmd("cpu_deepspeed_zero2.yaml", overrides),
         cwd=REPO,
+        env=environment(step_sleep=0.5),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -214,7 +162,7 @@ def test_sigterm_saves_at_the_step_boundary_and_resume_continues(zero2_run, shar
     assert "stopped by a signal" in output, output[-4000:]
     ((stopped_at, ckpt),) = list_checkpoints(out)
     assert 3 <= stopped_at < MAX_STEPS and max(metrics(out)) == stopped_at
-    resumed = run(launch_cmd("cpu_deepspeed_zero2.yaml", [*common(shards, out), "train.resume=latest"]))
+    resumed = run(launch_cmd("cpu_deepspeed_zero2.yaml", [*common(train_shards, out), "train.resume=latest"]))
     assert resumed.returncode == 0, resumed.stderr[-5000:]
     ref, got = metrics(zero2_run), metrics(out)
     assert sorted(got) == list(range(1, MAX_STEPS + 1))
@@ -222,18 +170,12 @@ def test_sigterm_saves_at_the_step_boundary_and_resume_continues(zero2_run, shar
         assert abs(ref[step]["loss"] - got[step]["loss"]) <= 1e-6, step
 
 
-def test_nonfinite_steps_never_reach_the_weights(shards, tmp_path):
+def test_nonfinite_steps_never_reach_the_weights(train_shards, tmp_path):
     out = tmp_path / "nan"
-    overrides = [
-        *common(shards, out),
-        "debug.nonfinite_loss_steps=[2, 5, 6, 7]",
-        "debug.nonfinite_grad_steps=[3]",
-        "train.max_nonfinite_steps=3",
-        "train.save_every=1",
-        "train.keep_last=10",
-    ]
-    proc = run(launch_cmd("cpu_deepspeed_zero2.yaml", overrides))
-    assert proc.returncode != 0
+    overrides = [*common(train_shards, out), "train.max_nonfinite_steps=3", "train.save_every=1", "train.keep_last=10"]
+    faults = environment(nonfinite_loss_steps=[2, 5, 6, 7], nonfinite_grad_steps=[3])
+    proc = run(launch_cmd("cpu_deepspeed_zero2.yaml", overrides), env=faults)
+    assert proc.returncode == 1, proc.stderr[-3000:]  # the contract: 1 = the run failed
     assert "3 steps in a row had a non-finite loss or gradient" in proc.stderr + proc.stdout
     assert "The last good checkpoint is step_6" in proc.stderr + proc.stdout
     steps = [s for s, _ in list_checkpoints(out)]
@@ -248,7 +190,7 @@ def test_nonfinite_steps_never_reach_the_weights(shards, tmp_path):
     assert logged[3]["skipped_steps"] == 2 and logged[6]["skipped_steps"] == 4
 
 
-def test_bf16_zero2_clamps_the_logit_scale_in_the_master_weights(shards, tmp_path):
+def test_bf16_zero2_clamps_the_logit_scale_in_the_master_weights(train_shards, tmp_path):
     """bf16 under ZeRO-2 with the demo's ResNet tower (BatchNorm buffers must follow the parameters to
     bf16), given inline with a logit scale that starts above ln 100: the clamp must hold in
     DeepSpeed's fp32 master copy, or the next step would undo it."""
@@ -256,7 +198,7 @@ def test_bf16_zero2_clamps_the_logit_scale_in_the_master_weights(shards, tmp_pat
     arch["init_logit_scale"] = 5.0  # exp(5) = 148
     out = tmp_path / "bf16"
     overrides = [
-        *common(shards, out),
+        *common(train_shards, out),
         "train.precision=bf16",
         "train.max_steps=4",
         "train.save_every=4",
@@ -273,10 +215,10 @@ def test_bf16_zero2_clamps_the_logit_scale_in_the_master_weights(shards, tmp_pat
     assert 4.55 < master.item() <= 4.6052  # unclamped it would be about 5
 
 
-def test_zero3_trains_exports_and_matches_zero2(zero2_run, shards, tmp_path):
+def test_zero3_trains_exports_and_matches_zero2(zero2_run, train_shards, tmp_path):
     """Parameters partitioned too (the [1]-shaped logit scale lives on one rank): same first step."""
     out = tmp_path / "zero3"
-    overrides = [*common(shards, out), "train.max_steps=12", "train.save_every=100"]
+    overrides = [*common(train_shards, out), "train.max_steps=12", "train.save_every=100"]
     proc = run(launch_cmd("cpu_deepspeed_zero3.yaml", overrides))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     assert "DeepSpeed ZeRO-3, 2 process(es)" in proc.stdout
@@ -284,4 +226,7 @@ def test_zero3_trains_exports_and_matches_zero2(zero2_run, shards, tmp_path):
     for step in (1, 2):
         assert abs(ref[step]["loss"] - got[step]["loss"]) < 1e-5
     assert all(r["logit_scale"] <= 100.0 for r in got.values())
-    open_clip.create_model_and_transforms(f"local-dir:{out / 'export'}")
+    # The export reassembles ZeRO-3's partitions: open_clip loads exactly the final weights.
+    model, _, _ = open_clip.create_model_and_transforms(f"local-dir:{out / 'export'}")
+    trained = weights(out / "checkpoints" / f"step_{MAX_STEPS}")
+    assert max_diff(trained, {k: v.reshape(trained[k].shape) for k, v in model.state_dict().items()}) == 0.0

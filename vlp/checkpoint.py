@@ -1,14 +1,17 @@
-"""Checkpoints: atomic save through accelerate (DeepSpeed engine state included), pruning, resume.
+"""Checkpoints on disk: the layout, the collective atomic save, pruning, and what resume reads first.
 
 A checkpoint directory ``OUTPUT/checkpoints/step_<N>/`` holds what ``accelerate.save_state`` writes
-(model, optimizer and RNG states; with DeepSpeed its engine checkpoint under ``pytorch_model/``) plus:
+(model, optimizer and RNG states; with DeepSpeed its engine checkpoint under ``pytorch_model/``) plus
+what each stateful part of the run writes for itself (vlp.train.state):
 
     trainer_state.json      step, counters, world size, batch size
     loader_rank<R>.json     each rank's data-stream position (exact mid-epoch resume)
+    teacher.safetensors     the EMA teacher (tgc, distill)
+    proto_rank<R>.pt        ProtoCLIP's current episode, per rank
     config.yaml             the run configuration
     open_clip_config.json   the architecture and preprocessing, for export
 
-It is written under ``.tmp_step_<N>`` and renamed once every rank has finished, so a directory named
+It is built as ``step_<N>.partial`` and renamed once every rank has finished, so a directory named
 ``step_<N>`` is always complete.
 """
 
@@ -20,9 +23,10 @@ import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from accelerate import Accelerator
+
+from data_pipelines.shards.atomic import publish_dir, staging_dir
 
 TRAINER_STATE = "trainer_state.json"
 _STEP_DIR = re.compile(r"^step_(\d+)$")
@@ -50,46 +54,31 @@ def latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
     return found[-1][1] if found else None
 
 
-def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+def prune_checkpoints(output_dir: str | os.PathLike, keep_last: int) -> list[Path]:
+    """Delete all but the newest ``keep_last`` complete checkpoints; returns the deleted ones."""
+    old = [path for _, path in list_checkpoints(output_dir)[:-keep_last]]
+    for path in old:
+        shutil.rmtree(path, ignore_errors=True)
+    return old
 
 
 def save_checkpoint(
-    accelerator: Accelerator,
-    output_dir: str | os.PathLike,
-    step: int,
-    trainer_state: dict,
-    loader_state: dict,
-    files: dict[str, str],
-    keep_last: int,
-    write_extra: Callable[[Path], None] | None = None,
+    accelerator: Accelerator, output_dir: str | os.PathLike, step: int, write: Callable[[Path], None], keep_last: int
 ) -> Path:
-    """Collective: every rank calls it. ``write_extra(tmp_dir)`` runs on every rank before the
-    directory is sealed (for state of the trainer's own, e.g. the EMA teacher). Returns the path."""
-    root = checkpoint_root(output_dir)
-    final = root / f"step_{step}"
-    tmp = root / f".tmp_step_{step}"
+    """Collective: every rank calls it. accelerate saves the model, optimizer and RNG states, then
+    ``write(folder)`` runs on every rank (the run's own stateful parts); the folder is sealed when all
+    ranks are done, and older checkpoints beyond ``keep_last`` are deleted. Returns the path."""
+    final = checkpoint_root(output_dir) / f"step_{step}"
+    staging = final.with_name(final.name + ".partial")
     if accelerator.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
+        staging_dir(final)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
-    _write_json(tmp / f"loader_rank{accelerator.process_index}.json", loader_state)
-    if write_extra is not None:
-        write_extra(tmp)
-    if accelerator.is_main_process:
-        for name, text in files.items():
-            (tmp / name).write_text(text)
-        _write_json(tmp / TRAINER_STATE, {**trainer_state, "step": step})
+    accelerator.save_state(str(staging))
+    write(staging)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        for _, old in list_checkpoints(output_dir)[:-keep_last]:
-            shutil.rmtree(old, ignore_errors=True)
+        publish_dir(staging, final)
+        prune_checkpoints(output_dir, keep_last)
     accelerator.wait_for_everyone()
     return final
 
@@ -99,7 +88,3 @@ def read_trainer_state(checkpoint: str | os.PathLike) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"{checkpoint} is not a vlp checkpoint (no {TRAINER_STATE})")
     return json.loads(path.read_text())
-
-
-def read_loader_state(checkpoint: str | os.PathLike, rank: int) -> dict:
-    return json.loads((Path(checkpoint) / f"loader_rank{rank}.json").read_text())

@@ -18,6 +18,10 @@ from typing import Any
 
 import yaml
 
+from data_pipelines.loader import MODES
+
+from .objectives.registry import HEADS, NEGATIVES, TERMS, terms_needing
+
 PRECISIONS = ("fp32", "bf16", "fp16")
 
 
@@ -116,14 +120,6 @@ class EvalConfig:
 
 
 @dataclass
-class DebugConfig:
-    # Fault injection for tests: make the loss (or a gradient) non-finite at these steps.
-    nonfinite_loss_steps: list[int] = field(default_factory=list)
-    nonfinite_grad_steps: list[int] = field(default_factory=list)
-    step_sleep: float = 0.0  # seconds to wait after every step (to interrupt a run mid-way in tests)
-
-
-@dataclass
 class Config:
     output_dir: str = "runs/default"
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -131,7 +127,6 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
-    debug: DebugConfig = field(default_factory=DebugConfig)
 
 
 # ---------------------------------------------------------------- typed conversion
@@ -263,22 +258,11 @@ def _check(ok: bool, message: str) -> None:
 
 def validate(cfg: Config) -> None:
     """Range and consistency checks that types cannot express."""
-    from data_pipelines.loader import MODES
-
-    from .objectives import TERMS
-
     t, d = cfg.train, cfg.data
     _check(bool(cfg.output_dir), "output_dir: must not be empty")
     _check(t.max_steps >= 1, f"train.max_steps: must be at least 1, got {t.max_steps}")
     _check(t.batch_size >= 1, f"train.batch_size: must be at least 1, got {t.batch_size}")
     _check(t.accum_steps >= 1, f"train.accum_steps: must be at least 1, got {t.accum_steps}")
-    proto_terms = sorted({"proto", "proto_external"} & set(cfg.objective.terms))
-    _check(
-        t.accum_steps == 1 or not proto_terms,
-        f"train.accum_steps={t.accum_steps} with objective.terms.{proto_terms[0] if proto_terms else ''}: ProtoCLIP's "
-        "heads use BatchNorm, whose statistics differ between micro-batches and the whole batch, so the "
-        "accumulated gradient would not be exact; use a larger train.batch_size instead",
-    )
     _check(t.save_every >= 1, f"train.save_every: must be at least 1, got {t.save_every}")
     _check(t.keep_last >= 1, f"train.keep_last: must be at least 1, got {t.keep_last}")
     _check(t.log_every >= 1, f"train.log_every: must be at least 1, got {t.log_every}")
@@ -302,10 +286,17 @@ def validate(cfg: Config) -> None:
             hint = f" (did you mean '{close[0]}'?)" if close else ""
             raise ConfigError(f"objective.terms.{name}: unknown term{hint}; known: {', '.join(TERMS)}")
         _check(weight >= 0, f"objective.terms.{name}: weight must not be negative, got {weight}")
-    needs_negatives = [n for n in cfg.objective.terms if "negatives" in TERMS[n]]
+    no_accumulation = terms_needing(cfg.objective.terms, HEADS)
     _check(
-        not needs_negatives or d.negatives >= 1,
-        f"objective.terms.{needs_negatives[0] if needs_negatives else ''}: needs hard negatives; "
+        t.accum_steps == 1 or not no_accumulation,
+        f"train.accum_steps={t.accum_steps} with objective.terms.{(no_accumulation or [''])[0]}: ProtoCLIP's "
+        "heads use BatchNorm, whose statistics differ between micro-batches and the whole batch, so the "
+        "accumulated gradient would not be exact; use a larger train.batch_size instead",
+    )
+    with_negatives = terms_needing(cfg.objective.terms, NEGATIVES)
+    _check(
+        not with_negatives or d.negatives >= 1,
+        f"objective.terms.{(with_negatives or [''])[0]}: needs hard negatives; "
         "set data.negatives (K, e.g. 4) and give shards whose .json hold them",
     )
     _check(d.negatives >= 0, f"data.negatives: must not be negative, got {d.negatives}")

@@ -11,12 +11,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import sys
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
+
+from data_pipelines.shards.atomic import publish_dir, staging_dir, write_json_atomic
 
 CONFIG_NAME = "open_clip_config.json"
 WEIGHTS_NAME = "open_clip_model.safetensors"
@@ -58,14 +59,10 @@ def export_state(state: dict[str, torch.Tensor], open_clip_config: dict, out: st
     for key in ("logit_scale", "logit_bias"):  # open_clip's default is a 0-dim parameter
         if key in state and state[key].numel() == 1:
             state[key] = state[key].reshape(())
-    tmp = out.with_name(out.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    tmp = staging_dir(out)
     save_file(state, tmp / WEIGHTS_NAME)
-    (tmp / CONFIG_NAME).write_text(json.dumps(open_clip_config, indent=2) + "\n")
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
+    write_json_atomic(tmp / CONFIG_NAME, open_clip_config)
+    publish_dir(tmp, out)
     return out
 
 

@@ -11,55 +11,42 @@ from pathlib import Path
 
 import open_clip
 import torch
+import torch.nn.functional as F
+
+from eval_zeroshot.models import register_architecture
 
 from .config import ConfigError, ModelConfig
+from .protoclip.heads import ProtoHeads
 
-MAX_LOGIT_SCALE = math.log(100.0)
-
-
-class ProjectionHead(torch.nn.Sequential):
-    """ProtoCLIP's head: Linear(D→hidden) → BatchNorm1d → ReLU → Linear(hidden→out), on the
-    unnormalised tower output."""
-
-    def __init__(self, dim: int, hidden: int, out: int):
-        super().__init__(
-            torch.nn.Linear(dim, hidden), torch.nn.BatchNorm1d(hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, out)
-        )
+MAX_LOGIT_SCALE = math.log(100.0)  # open_clip's bound on the logit scale
 
 
 class DualEncoder(torch.nn.Module):
-    """The module the trainer optimises: an open_clip model (``clip``) plus, for ProtoCLIP, the
-    projection heads and their own scale. One forward gives everything the objective needs:
+    """The module the trainer optimises: an open_clip model (``clip``) plus, for ProtoCLIP, its
+    projection heads and their scale (``heads``). One forward gives everything the objective needs:
     normalised image and caption features, exp(logit_scale), and (with heads) the normalised
     projections of the images and of the first ``len(image)`` captions (the positives)."""
 
-    def __init__(self, clip: torch.nn.Module, proto_hidden: int = 0, proto_dim: int = 0):
+    def __init__(self, clip: torch.nn.Module, heads: ProtoHeads | None = None):
         super().__init__()
         self.clip = clip
-        self.image_head = self.text_head = self.proto_logit_scale = None
-        if proto_dim:
-            dim = clip.visual.output_dim  # the joint embedding width
-            self.image_head = ProjectionHead(dim, proto_hidden, proto_dim)
-            self.text_head = ProjectionHead(dim, proto_hidden, proto_dim)
-            self.proto_logit_scale = torch.nn.Parameter(torch.full([1], math.log(1 / 0.07)))
+        self.heads = heads
 
     def forward(self, image: torch.Tensor, text: torch.Tensor) -> dict[str, torch.Tensor]:
         image_raw = self.clip.encode_image(image)
         text_raw = self.clip.encode_text(text)
         out = {
-            "image_features": torch.nn.functional.normalize(image_raw, dim=-1),
-            "text_features": torch.nn.functional.normalize(text_raw, dim=-1),
+            "image_features": F.normalize(image_raw, dim=-1),
+            "text_features": F.normalize(text_raw, dim=-1),
             "logit_scale": self.clip.logit_scale.exp(),
         }
-        if self.image_head is not None:
-            out["image_proj"] = torch.nn.functional.normalize(self.image_head(image_raw), dim=-1)
-            out["text_proj"] = torch.nn.functional.normalize(self.text_head(text_raw[: len(image)]), dim=-1)
-            out["proto_scale"] = self.proto_logit_scale.exp()
+        if self.heads is not None:
+            out.update(self.heads(image_raw, text_raw[: len(image)]))
         return out
 
     def logit_scales(self) -> list[torch.nn.Parameter]:
         """The learnable scales that are clamped to 100 after every step."""
-        return [p for p in (self.clip.logit_scale, self.proto_logit_scale) if p is not None]
+        return [self.clip.logit_scale] + ([self.heads.logit_scale] if self.heads is not None else [])
 
 
 @dataclass
@@ -75,20 +62,14 @@ def _register(cfg: ModelConfig) -> str:
     """The open_clip name to build; registers JSON or inline architectures with open_clip."""
     if cfg.arch is not None:
         name = Path(cfg.name).stem if cfg.name.endswith(".json") else cfg.name
-        folder = Path(tempfile.mkdtemp(prefix="vlp-arch-"))
-        (folder / f"{name}.json").write_text(json.dumps(cfg.arch))
-        open_clip.add_model_config(folder / f"{name}.json")
-        return name
+        path = Path(tempfile.mkdtemp(prefix="vlp-arch-")) / f"{name}.json"
+        path.write_text(json.dumps(cfg.arch))
+        return register_architecture(path)
     if cfg.name.endswith(".json"):
-        path = Path(cfg.name)
-        if not path.is_file():
-            raise ConfigError(f"model.name: architecture file {path} does not exist")
         try:
-            json.loads(path.read_text())
+            return register_architecture(cfg.name)
         except ValueError as exn:
-            raise ConfigError(f"model.name: {path} is not valid JSON ({exn})") from None
-        open_clip.add_model_config(path)
-        return path.stem
+            raise ConfigError(f"model.name: {exn}") from None
     if cfg.name.startswith("local-dir:"):
         return cfg.name
     if open_clip.get_model_config(cfg.name) is None:

@@ -23,10 +23,15 @@ def clip_loss_local(image: torch.Tensor, text: torch.Tensor, scale: torch.Tensor
     return ClipLoss(local_loss=True, gather_with_grad=True, rank=rank, world_size=world_size)(image, text, scale)
 
 
-def dcl_rows(
-    image: torch.Tensor, text: torch.Tensor, scale: torch.Tensor, sigma: float | None, rows: slice
+def dcl_loss(
+    image: torch.Tensor,
+    text: torch.Tensor,
+    scale: torch.Tensor,
+    sigma: float | None = None,
+    rows: slice = slice(None),
 ) -> torch.Tensor:
-    """DCL averaged over the query ``rows`` of the full batch (both directions, METHODS.md "dcl").
+    """Decoupled contrastive loss (Yeh et al. 2022), cross-modal, both directions, averaged over the
+    query ``rows`` (default all; METHODS.md "dcl"). It can be negative.
 
     The positive pair is left out of the denominator; with ``sigma`` (DCLW) the positive term of
     row i is weighted by w_i = 2 − B·softmax_i(⟨v_i,u_i⟩/σ), computed over the whole batch, detached.
@@ -44,9 +49,3 @@ def dcl_rows(
         negatives = torch.logsumexp(logits.masked_fill(own, float("-inf")), dim=1)
         terms.append((-weight[rows] * scale * positives[rows] + negatives).mean())
     return (terms[0] + terms[1]) / 2
-
-
-def dcl_loss(image: torch.Tensor, text: torch.Tensor, scale: torch.Tensor, sigma: float | None = None):
-    """Decoupled contrastive loss (Yeh et al. 2022), cross-modal, both directions; DCLW when ``sigma``
-    is given. It can be negative. Single-process semantics; normalised B×D features in."""
-    return dcl_rows(image, text, scale, sigma, slice(None))

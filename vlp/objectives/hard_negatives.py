@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 
 
 def _mask_or_all(neg_text: torch.Tensor, neg_mask: torch.Tensor | None) -> torch.Tensor:
@@ -17,16 +18,16 @@ def _mask_or_all(neg_text: torch.Tensor, neg_mask: torch.Tensor | None) -> torch
     return neg_mask.to(torch.bool)
 
 
-def negclip_rows(
+def negclip_loss(
     image: torch.Tensor,
     text: torch.Tensor,
     neg_text: torch.Tensor,
     scale: torch.Tensor,
-    neg_mask: torch.Tensor | None,
-    rows: slice,
+    neg_mask: torch.Tensor | None = None,
+    rows: slice = slice(None),
 ) -> torch.Tensor:
-    """NegCLIP over the query ``rows``: image→text against all captions and all negatives of the
-    batch; text→image over positives only."""
+    """NegCLIP / DeGLA's L_base over the query ``rows`` (default all): image→text against all
+    captions and all hard negatives of the batch (extra columns); text→image over positives only."""
     n = image.shape[0]
     mask = _mask_or_all(neg_text, neg_mask).reshape(-1)
     flat = neg_text.reshape(-1, neg_text.shape[-1])
@@ -37,17 +38,6 @@ def negclip_rows(
     return (F.cross_entropy(i2t, index) + F.cross_entropy(t2i, index)) / 2
 
 
-def negclip_loss(
-    image: torch.Tensor,
-    text: torch.Tensor,
-    neg_text: torch.Tensor,
-    scale: torch.Tensor,
-    neg_mask: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """NegCLIP / DeGLA's L_base: hard negatives are extra text columns of the image→text direction."""
-    return negclip_rows(image, text, neg_text, scale, neg_mask, slice(None))
-
-
 def _own_negatives_ce(anchor, positive_logit, neg_text, scale, neg_mask) -> torch.Tensor:
     """mean_i −log softmax([pos_i, scale·⟨anchor_i, neg_{i,k}⟩ …])[0] over real negatives only."""
     mask = _mask_or_all(neg_text, neg_mask)
@@ -56,15 +46,9 @@ def _own_negatives_ce(anchor, positive_logit, neg_text, scale, neg_mask) -> torc
     return F.cross_entropy(logits, torch.zeros(len(anchor), dtype=torch.long, device=anchor.device))
 
 
-def igc_loss(
-    image: torch.Tensor,
-    text: torch.Tensor,
-    neg_text: torch.Tensor,
-    scale: torch.Tensor,
-    neg_mask: torch.Tensor | None = None,
-) -> torch.Tensor:
+def igc_loss(image: Tensor, text: Tensor, neg_text: Tensor, scale: Tensor, neg_mask: Tensor | None = None) -> Tensor:
     """DeGLA's image-grounded contrast: each image ranks its caption above that caption's own
-    negatives, with the learned scale."""
+    negatives, with the learned scale. Tensors as in :func:`negclip_loss`."""
     return _own_negatives_ce(image, scale * (image * text).sum(-1), neg_text, scale, neg_mask)
 
 

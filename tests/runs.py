@@ -1,0 +1,60 @@
+"""Launching the trainer from tests and reading what it wrote (plain helpers; fixtures live in conftest)."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from vlp.export import checkpoint_state_dict, clip_weights
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch_cmd(launch_config: str, overrides: list[str]) -> list[str]:
+    """``accelerate launch`` with one of launch/accelerate/*.yaml, on a free port."""
+    return [
+        str(BIN / "accelerate"),
+        "launch",
+        "--config_file",
+        str(REPO / "launch" / "accelerate" / launch_config),
+        "--main_process_port",
+        str(free_port()),
+        "-m",
+        "vlp.train",
+        *overrides,
+    ]
+
+
+def train_cmd(overrides: list[str]) -> list[str]:
+    """One process, no launcher."""
+    return [str(BIN / "vlp-train"), *overrides]
+
+
+def run(cmd: list[str], timeout: int = 300, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def metrics(out: Path) -> dict[int, dict]:
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r for r in records}
+
+
+def weights(checkpoint: Path) -> dict[str, torch.Tensor]:
+    return clip_weights(checkpoint_state_dict(checkpoint))
+
+
+def max_diff(a: dict, b: dict) -> float:
+    assert a.keys() == b.keys()
+    return max((a[k] - b[k]).abs().max().item() for k in a)

@@ -1,0 +1,136 @@
+"""ProtoCLIP's parts as the trainer calls them: K-means over ranks, back translation, the episode's
+round trip through a checkpoint, and the replay that clusters an episode."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from tests.runs import free_port
+from vlp.protoclip.episode import Episode, Episodes, cluster_episode
+from vlp.protoclip.kmeans import back_translated, kmeans
+
+
+def blobs(n_per: int = 20, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Three well separated 2-D blobs; returns points and their true blob."""
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
+    truth = torch.arange(3).repeat_interleave(n_per)
+    return centres[truth] + 0.3 * torch.randn(3 * n_per, 2, generator=g), truth
+
+
+def same_partition(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Two labelings that group the points identically (cluster ids may differ)."""
+    return all(len(set(b[a == label].tolist())) == 1 for label in a.unique()) and len(a.unique()) == len(b.unique())
+
+
+def test_kmeans_finds_separated_blobs_and_their_centres():
+    x, truth = blobs()
+    # Seed 2 starts from one point of each blob (seed 0 starts with two in one blob and ends in a
+    # local optimum: one start, no restarts).
+    first = torch.randperm(len(x), generator=torch.Generator().manual_seed(2))[:3]
+    assert sorted(truth[first].tolist()) == [0, 1, 2]
+    centroids, labels = kmeans(x, 3, iters=20, seed=2)
+    assert same_partition(labels, truth)
+    for seed in (0, 2):
+        centroids, labels = kmeans(x, 3, iters=20, seed=seed)
+        for c in range(3):  # a Lloyd fixed point either way
+            assert torch.allclose(centroids[c], x[labels == c].mean(0), atol=1e-5), (seed, c)
+        assert torch.equal(kmeans(x, 3, iters=20, seed=seed)[1], labels)  # seeded
+    with pytest.raises(ValueError, match="cannot make 5 clusters"):
+        kmeans(x[:4], 5, iters=1, seed=0)
+
+
+def test_back_translation_means_by_the_other_modality():
+    h = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    other = torch.tensor([1, 1, 0])
+    # cluster 0 holds row 2, cluster 1 rows 0 and 1, cluster 2 nothing (zero)
+    expected = torch.tensor([[1.0, 1.0], [0.5, 0.5], [0.0, 0.0]])
+    assert torch.allclose(back_translated(h, other, 3), expected)
+
+
+def _ranks_worker(rank: int, world: int, port: int, out: str) -> None:
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    x, _ = blobs()
+    rows = slice(rank * 30, (rank + 1) * 30)  # ranks hold different numbers of points of each blob
+    centroids, labels = kmeans(x[rows], 3, iters=20, seed=2, rank=rank)
+    translated = back_translated(x[rows], labels, 3)
+    torch.save((centroids, labels, translated), os.path.join(out, f"rank{rank}.pt"))
+    dist.destroy_process_group()
+
+
+def test_two_ranks_cluster_as_one_process_holding_everything(tmp_path):
+    mp.spawn(_ranks_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
+    x, _ = blobs()
+    centroids, labels = kmeans(x, 3, iters=20, seed=2)
+    parts = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    for r, (c, y, t) in enumerate(parts):
+        assert torch.allclose(c, centroids, atol=1e-6), r  # identical centroids on every rank
+        assert torch.equal(y, labels[r * 30 : (r + 1) * 30])
+        assert torch.allclose(t, back_translated(x, labels, 3), atol=1e-6)
+
+
+def test_episode_round_trip_through_a_checkpoint_file(tmp_path):
+    x, _ = blobs(n_per=4)
+    keys = [f"k{i:03d}" for i in range(len(x))]
+    image, text = torch.nn.functional.normalize(x, dim=-1), torch.nn.functional.normalize(x.flip(1), dim=-1)
+    episode = cluster_episode(2, keys, image, text, clusters=3, iters=5, seed=1, rank=0, external=image)
+    torch.save(episode.state_dict(), tmp_path / "e.pt")
+    back = Episode.from_state_dict(torch.load(tmp_path / "e.pt", weights_only=True))
+    assert back.index == 2 and back.labels == episode.labels and len(back.labels[keys[0]]) == 3
+    for name in ("image_centroids", "text_centroids", "image_from_text", "text_from_image", "image_from_external"):
+        assert torch.equal(getattr(back, name), getattr(episode, name)), name
+    out = {"image_proj": image[:2], "text_proj": text[:2], "proto_scale": torch.tensor([3.0])}
+    inputs = back.inputs(keys[:2], out)
+    assert inputs.image_labels.tolist() == [episode.labels[k][0] for k in keys[:2]]
+    with pytest.raises(RuntimeError, match="no cluster labels"):
+        back.inputs(["unknown"], out)
+
+
+class ReplayLoader:
+    """A stream of batches with a resumable position, like StreamingLoader's state_dict."""
+
+    def __init__(self, batches: list[dict]):
+        self.batches, self.position = batches, 0
+
+    def __iter__(self):
+        while True:
+            batch = self.batches[self.position % len(self.batches)]
+            self.position += 1
+            yield batch
+
+    def state_dict(self) -> dict:
+        return {"position": self.position}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.position = state["position"]
+
+
+def test_episode_replay_clusters_the_coming_batches_and_rewinds(tmp_path):
+    x, truth = blobs(n_per=4)
+    batches = [{"key": [f"k{i}" for i in range(b, b + 4)], "x": x[b : b + 4]} for b in range(0, 12, 4)]
+    loader = ReplayLoader(batches)
+    stream = iter(loader)
+    next(stream)  # one step of the previous episode consumed
+    episodes = Episodes(clusters=3, episode_steps=2, iters=10, seed=0, rank=0)
+    assert not episodes.due(0) and episodes.due(2) and not episodes.due(3)
+
+    def embed(batch):
+        return {"image_proj": batch["x"], "text_proj": batch["x"]}
+
+    stream = episodes.start(2, loader, stream, embed)
+    assert set(episodes.current.labels) == {f"k{i}" for i in range(4, 12)}  # the next two batches
+    assert next(stream)["key"] == batches[1]["key"]  # and training resumes where the replay began
+    episodes.save(tmp_path)
+    fresh = Episodes(clusters=3, episode_steps=2, iters=10, seed=0, rank=0)
+    fresh.load(tmp_path)
+    assert fresh.current.labels == episodes.current.labels
+    other_rank = Episodes(clusters=3, episode_steps=2, iters=10, seed=0, rank=1)
+    other_rank.load(tmp_path)  # rank 1 has no file: before its first clustering
+    assert other_rank.current is None

@@ -1,0 +1,119 @@
+"""The trainer's parts on their own: the EMA teacher's update, checkpoint pruning, the stateful
+parts' round trip, the term registry that config and trainer consult, and the test hook seam."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from vlp.checkpoint import list_checkpoints, prune_checkpoints, read_trainer_state
+from vlp.config import ConfigError, load_config
+from vlp.ema import EMATeacher
+from vlp.objectives import TERMS, Features, Objective
+from vlp.objectives.registry import HEADS, NEGATIVES, TEACHER, needs_teacher, register_term, terms_needing
+from vlp.train.hooks import ENV, TrainHooks, load_hooks
+from vlp.train.state import Counters, LoaderPosition
+
+
+def test_ema_teacher_update_by_hand():
+    student = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
+    teacher = EMATeacher(student, decay=0.9)
+    assert not teacher.module.training and not any(p.requires_grad for p in teacher.module.parameters())
+    before = {k: v.clone() for k, v in teacher.module.state_dict().items()}
+    with torch.no_grad():
+        for p in student.parameters():
+            p.add_(1.0)
+    student(torch.randn(4, 2))  # train mode: BatchNorm's running statistics move
+    teacher.update(student)
+    after, now = teacher.module.state_dict(), student.state_dict()
+    for name, _ in student.named_parameters():
+        # θ* ← 0.9·θ* + 0.1·θ, with θ = θ*_before + 1
+        assert torch.allclose(after[name], before[name] + 0.1, atol=1e-6), name
+    assert torch.equal(after["1.running_mean"], now["1.running_mean"])  # buffers follow the student
+    restored = EMATeacher(student, decay=0.9)
+    restored.load_state_dict(teacher.state_dict())
+    assert all(torch.equal(restored.module.state_dict()[k], v) for k, v in after.items())
+    with pytest.raises(ValueError, match="decay"):
+        EMATeacher(student, decay=1.0)
+
+
+def test_pruning_keeps_the_newest_complete_checkpoints(tmp_path):
+    root = tmp_path / "checkpoints"
+    for step in (2, 10, 4, 6):
+        (root / f"step_{step}").mkdir(parents=True)
+        (root / f"step_{step}" / "trainer_state.json").write_text("{}")
+    (root / "step_12.partial").mkdir()  # an unfinished save is not a checkpoint
+    (root / "step_8").mkdir()  # no trainer state: incomplete
+    removed = prune_checkpoints(tmp_path, keep_last=2)
+    assert sorted(p.name for p in removed) == ["step_2", "step_4"]
+    assert [s for s, _ in list_checkpoints(tmp_path)] == [6, 10]
+    assert (root / "step_12.partial").is_dir() and (root / "step_8").is_dir()
+
+
+def test_counters_and_loader_position_round_trip(tmp_path):
+    Counters(step=7, skipped_steps=2, shape={"world_size": 2, "batch_size": 8}).save(tmp_path)
+    back = Counters()
+    back.load(tmp_path)
+    assert (back.step, back.skipped_steps) == (7, 2)
+    assert read_trainer_state(tmp_path) == {"step": 7, "skipped_steps": 2, "world_size": 2, "batch_size": 8}
+    Counters(step=9, is_main=False).save(tmp_path)  # only the main process writes the counters
+    back.load(tmp_path)
+    assert back.step == 7
+
+    class Loader:
+        def __init__(self, state):
+            self.state = state
+
+        def state_dict(self):
+            return self.state
+
+        def load_state_dict(self, state):
+            self.state = state
+
+    LoaderPosition(Loader({"epoch": 1, "consumed": [3, 4]}), rank=1).save(tmp_path)
+    assert (tmp_path / "loader_rank1.json").is_file()
+    fresh = Loader(None)
+    LoaderPosition(fresh, rank=1).load(tmp_path)
+    assert fresh.state == {"epoch": 1, "consumed": [3, 4]}
+
+
+def test_the_registry_answers_what_terms_need():
+    assert set(TERMS) == {"clip", "dcl", "negclip", "igc", "tgc", "distill", "proto", "proto_external"}
+    assert terms_needing(["clip", "igc", "tgc", "proto"], NEGATIVES) == ["igc", "tgc"]
+    assert terms_needing(["clip", "proto_external"], HEADS) == ["proto_external"]
+    assert needs_teacher(["negclip", "distill"]) and not needs_teacher(["negclip", "igc"])
+    assert TEACHER in TERMS["tgc"].needs and TERMS["igc"].scope == "local" and TERMS["negclip"].scope == "global"
+    with pytest.raises(ValueError, match="registered twice"):
+        register_term("clip")(lambda x: x.f.image.sum())
+    # config validation consults the registry: a term that needs negatives without them is refused
+    with pytest.raises(ConfigError, match="objective.terms.igc: needs hard negatives"):
+        load_config(None, ["data.train=x/", "objective.terms={clip: 1.0, igc: 0.1}"])
+
+
+def test_a_new_term_is_one_function_and_one_registration():
+    @register_term("test_alignment", scope="local")
+    def alignment(x):
+        """Mean squared distance of each pair (a toy term)."""
+        return ((x.f.image - x.f.text) ** 2).sum(-1).mean()
+
+    try:
+        image = torch.nn.functional.normalize(torch.randn(4, 8), dim=-1)
+        text = torch.nn.functional.normalize(torch.randn(4, 8), dim=-1)
+        out = Objective({"clip": 1.0, "test_alignment": 0.5})(Features(image, text, torch.tensor(10.0)))
+        expected = ((image - text) ** 2).sum(-1).mean()
+        assert out["test_alignment"].item() == pytest.approx(expected.item())
+        assert out["loss"].item() == pytest.approx((out["clip"] + 0.5 * expected).item())
+        assert load_config(None, ["data.train=x/", "objective.terms={test_alignment: 1.0}"])
+    finally:
+        del TERMS["test_alignment"]
+
+
+def test_hooks_default_to_nothing_and_a_bad_name_is_one_clear_error(monkeypatch):
+    monkeypatch.delenv(ENV, raising=False)
+    hooks = load_hooks()
+    assert type(hooks) is TrainHooks and hooks.loss(1, torch.tensor(2.0)).item() == 2.0
+    monkeypatch.setenv(ENV, "tests.fault_hooks:Faults")
+    assert type(load_hooks()).__name__ == "Faults"
+    monkeypatch.setenv(ENV, "tests.fault_hooks:Nope")
+    with pytest.raises(RuntimeError, match="cannot load the hooks"):
+        load_hooks()

@@ -1,0 +1,4 @@
+"""ProtoCLIP (Chen et al.) in one place: the projection heads (:mod:`.heads`), K-means over all ranks
+and back translation (:mod:`.kmeans`), the episode that clusters, labels and is checkpointed
+(:mod:`.episode`), the prototypical loss and its registered terms (:mod:`.loss`), and the optional
+external sentence teacher (:mod:`.teacher`)."""

@@ -1,0 +1,70 @@
+"""``vlp-train`` / ``accelerate launch -m vlp.train``: parse, check the configuration, train.
+
+Exit codes: 0 done (or stopped by a signal with a checkpoint), 1 the run failed (the message says what
+is left on disk), 2 a configuration to fix (nothing was written).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import warnings
+
+from data_pipelines.shards.specs import SpecError, parse_sources
+
+from ..config import ConfigError, load_config, to_yaml
+from ..model import check_spec
+from .errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, TrainingError
+from .loop import train
+from .setup import build_run
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="vlp-train",
+        description="Train a CLIP-style dual encoder. Under `accelerate launch -m vlp.train` the launch "
+        "config chooses processes, DeepSpeed ZeRO stage and hardware; `vlp-train` runs one process.",
+        epilog="Overrides use dotted keys, values in YAML: train.max_steps=100 objective.terms='{clip: 1.0}'",
+    )
+    p.add_argument("--config", help="recipe YAML (configs/*.yaml)")
+    p.add_argument("overrides", nargs="*", help="key.sub=value overrides")
+    p.add_argument("--print-config", action="store_true", help="print the resolved configuration and exit")
+    return p
+
+
+def _quiet_other_ranks() -> None:
+    rank0 = int(os.environ.get("RANK", "0")) == 0
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for ours in ("vlp", "data_pipelines"):
+        logging.getLogger(ours).setLevel(logging.INFO if rank0 else logging.WARNING)
+    # DeepSpeed's ZeRO collectives call APIs that torch marks deprecated, once per step.
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.distributed")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _quiet_other_ranks()
+    try:
+        cfg = load_config(args.config, args.overrides)
+        check_spec(cfg.model)
+        if cfg.data.train:
+            try:
+                parse_sources(cfg.data.train, cfg.data.weights)
+            except SpecError as exn:
+                raise ConfigError(f"data.train: {exn}") from None
+    except ConfigError as exn:
+        print(f"vlp-train: config error: {exn}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.print_config:
+        print(to_yaml(cfg))
+        return EXIT_OK
+    try:
+        return train(build_run(cfg))
+    except ConfigError as exn:
+        print(f"vlp-train: error: {exn}", file=sys.stderr)
+        return EXIT_USAGE
+    except TrainingError as exn:
+        print(f"vlp-train: error: {exn}", file=sys.stderr)
+        return EXIT_FAILED

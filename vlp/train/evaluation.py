@@ -1,0 +1,65 @@
+"""Zero-shot evaluation during training (eval.zeroshot), the images split across ranks."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from eval_zeroshot.datasets import DatasetError, read_dataset, split_spec
+from eval_zeroshot.zeroshot import evaluate
+
+from ..config import EvalConfig
+from .backend import Backend
+from .errors import TrainingError
+
+
+class ZeroShotEvaluator:
+    def __init__(self, cfg: EvalConfig, backend: Backend, preprocess: Callable, tokenizer: Callable):
+        self.cfg, self.backend, self.preprocess, self.tokenizer = cfg, backend, preprocess, tokenizer
+        self.sets = []
+        for spec in cfg.zeroshot:
+            path, split = split_spec(spec)
+            try:
+                dataset = read_dataset(path, split)
+            except DatasetError as exn:
+                raise TrainingError(f"eval.zeroshot: {exn}") from None
+            dataset.name = f"{Path(path).name}:{split}" if dataset.split else Path(path).name
+            self.sets.append(dataset)
+        self.last: list[dict] = []
+
+    def due(self, step: int, max_steps: int) -> bool:
+        every = self.cfg.every
+        return bool(self.sets) and ((every and step % every == 0) or step == max_steps)
+
+    def __call__(self) -> list[dict]:
+        """Metrics of every set (a collective: every rank calls it)."""
+        clip = self.backend.unwrapped.clip
+        was_training = clip.training
+        clip.eval()
+        rank, world = self.backend.eval_partition()
+        results = []
+        for dataset in self.sets:
+            metrics = evaluate(
+                clip,
+                self.preprocess,
+                self.tokenizer,
+                dataset,
+                self.backend.device,
+                self.cfg.batch_size,
+                rank=rank,
+                world_size=world,
+                dtype=self.backend.input_dtype,
+            )
+            counts = dataset.counts()
+            results.append(
+                {
+                    "dataset": dataset.name,
+                    "split": dataset.split,
+                    "task": dataset.task,
+                    "counts": counts,
+                    "metrics": metrics,
+                }
+            )
+        clip.train(was_training)
+        self.last = results
+        return results

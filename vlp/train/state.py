@@ -1,0 +1,123 @@
+"""The run's stateful parts, each saving and loading itself, and the checkpointer that holds them.
+
+accelerate saves what it prepared (model, optimizer, RNG states; DeepSpeed's engine). Everything else
+a run needs to continue exactly is a part registered here: the trainer's counters, the loader's
+position, the EMA teacher, ProtoCLIP's episode, and the files an export needs. A part decides which
+rank writes (one file for all, or one per rank).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from accelerate import Accelerator
+from safetensors.torch import load_file, save_file
+
+from data_pipelines.shards.atomic import write_json_atomic
+
+from ..checkpoint import TRAINER_STATE, read_trainer_state, save_checkpoint
+from ..ema import EMATeacher
+from .errors import TrainingError
+
+
+class Stateful(Protocol):
+    def save(self, folder: Path) -> None: ...
+
+    def load(self, folder: Path) -> None: ...
+
+
+@dataclass
+class Counters:
+    """Steps done and skipped, saved with the run's shape (world_size, batch_size, max_steps), which
+    a resume must match exactly (see setup.resolve_resume)."""
+
+    step: int = 0
+    skipped_steps: int = 0
+    shape: dict[str, int] = field(default_factory=dict)
+    is_main: bool = True
+
+    def save(self, folder: Path) -> None:
+        if self.is_main:
+            state = {"step": self.step, "skipped_steps": self.skipped_steps, **self.shape}
+            write_json_atomic(Path(folder) / TRAINER_STATE, state, sort_keys=True)
+
+    def load(self, folder: Path) -> None:
+        state = read_trainer_state(folder)
+        self.step, self.skipped_steps = state["step"], state.get("skipped_steps", 0)
+
+
+class LoaderPosition:
+    """Each rank's position in its data stream (exact mid-epoch resume)."""
+
+    def __init__(self, loader, rank: int):
+        self.loader, self.rank = loader, rank
+
+    def _path(self, folder: Path) -> Path:
+        return Path(folder) / f"loader_rank{self.rank}.json"
+
+    def save(self, folder: Path) -> None:
+        write_json_atomic(self._path(folder), self.loader.state_dict(), sort_keys=True)
+
+    def load(self, folder: Path) -> None:
+        self.loader.load_state_dict(json.loads(self._path(folder).read_text()))
+
+
+class TeacherWeights:
+    """The EMA teacher: the same on every rank, so the main process writes it."""
+
+    NAME = "teacher.safetensors"
+
+    def __init__(self, teacher: EMATeacher, is_main: bool):
+        self.teacher, self.is_main = teacher, is_main
+
+    def save(self, folder: Path) -> None:
+        if self.is_main:
+            save_file(self.teacher.state_dict(), Path(folder) / self.NAME)
+
+    def load(self, folder: Path) -> None:
+        path = Path(folder) / self.NAME
+        if not path.is_file():
+            raise TrainingError(f"{folder} has no EMA teacher ({self.NAME}) to resume tgc/distill from")
+        self.teacher.load_state_dict(load_file(path))
+
+
+class RunFiles:
+    """Text files kept with every checkpoint (the configuration, the export's architecture)."""
+
+    def __init__(self, files: dict[str, str], is_main: bool):
+        self.files, self.is_main = files, is_main
+
+    def save(self, folder: Path) -> None:
+        if self.is_main:
+            for name, text in self.files.items():
+                (Path(folder) / name).write_text(text)
+
+    def load(self, folder: Path) -> None:
+        """Nothing to restore: the configuration comes from the command line."""
+
+
+class Checkpointer:
+    """Saves and restores accelerate's state plus every registered part, in registration order."""
+
+    def __init__(self, acc: Accelerator, output_dir: str, keep_last: int):
+        self.acc, self.output_dir, self.keep_last = acc, output_dir, keep_last
+        self.parts: dict[str, Stateful] = {}
+
+    def register(self, name: str, part: Stateful) -> None:
+        self.parts[name] = part
+
+    def _write_parts(self, folder: Path) -> None:
+        for part in self.parts.values():
+            part.save(folder)
+
+    def save(self, step: int) -> Path:
+        """Collective: every rank calls it."""
+        return save_checkpoint(self.acc, self.output_dir, step, self._write_parts, self.keep_last)
+
+    def load(self, folder: Path) -> None:
+        self.acc.load_state(str(folder))
+        for part in self.parts.values():
+            part.load(folder)

@@ -1,0 +1,130 @@
+"""One optimizer step: features for the objective, then the plain or the feature-cached accumulated step.
+
+With one micro-batch: forward, objective, backward. With k > 1 the contrastive gradient of the whole
+batch is made exact by feature caching: every micro-batch is embedded once without gradient, then
+again with gradient, and each time the objective is computed over all cached features with that
+micro-batch's live ones in their place; the backward passes add up to the gradient of the loss over
+the k·B samples (parameters used directly by the loss, the logit scales, take their gradient from the
+last pass only). A non-finite loss or gradient never reaches the weights.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from ..distributed import any_rank
+from ..ema import EMATeacher
+from ..objectives import Features, Objective, concat_features
+from ..objectives.registry import TEACHER_ALL
+from ..protoclip.episode import Episodes
+from .backend import Backend
+from .hooks import TrainHooks
+
+
+class Stepper:
+    def __init__(
+        self,
+        backend: Backend,
+        objective: Objective,
+        teacher: EMATeacher | None = None,
+        episodes: Episodes | None = None,
+        hooks: TrainHooks | None = None,
+    ):
+        self.backend, self.objective, self.teacher, self.episodes = backend, objective, teacher, episodes
+        self.hooks = hooks or TrainHooks()
+
+    def inputs(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images in the backend's dtype; captions, then (when a term needs them) the negatives
+        flattened after them: [B positives ; B·K negatives], negative (b, k) at B + b·K + k."""
+        device = self.backend.device
+        images = batch["image"].to(device, dtype=self.backend.input_dtype, non_blocking=True)
+        texts = batch["text"].to(device, non_blocking=True)
+        if self.objective.needs_negatives:
+            neg = batch["neg_text"].to(device, non_blocking=True)
+            texts = torch.cat([texts, neg.reshape(-1, neg.shape[-1])])
+        return images, texts
+
+    def embed(self, batch: dict) -> dict[str, torch.Tensor]:
+        """The model's outputs for a batch in eval mode without gradient (ProtoCLIP's episode replay)."""
+        images, texts = self.inputs(batch)
+        self.backend.model.eval()
+        with torch.no_grad(), self.backend.autocast():
+            return self.backend.model(image=images, text=texts[: len(images)])
+
+    def features(self, batch: dict, images, texts, out: dict, cached: Features | None = None) -> Features:
+        """The objective's inputs: this batch's features, its negatives, the teacher's, ProtoCLIP's.
+        ``cached``: features already computed for this batch, whose teacher part is reused."""
+        b = images.shape[0]
+        text = out["text_features"].float()
+        f = Features(image=out["image_features"].float(), text=text[:b], scale=out["logit_scale"].float())
+        k = batch["neg_text"].shape[1] if self.objective.needs_negatives else 0
+        if k:
+            f.neg_text = text[b:].reshape(b, k, -1)
+            f.neg_mask = batch["neg_mask"].to(images.device)
+        if cached is not None:
+            f.teacher_image, f.teacher_text = cached.teacher_image, cached.teacher_text
+            f.teacher_neg_text = cached.teacher_neg_text
+        elif self.teacher is not None:
+            everything = TEACHER_ALL in self.objective.needs
+            with torch.no_grad(), self.backend.teacher_autocast():
+                t = self.teacher(image=images.float(), text=texts if everything else texts[:b])
+            f.teacher_text = t["text_features"][:b].float()
+            if everything:
+                f.teacher_image = t["image_features"].float()
+                if k:
+                    f.teacher_neg_text = t["text_features"][b:].float().reshape(b, k, -1)
+        if self.episodes is not None:
+            f.proto = self.episodes.inputs(batch["key"], out)
+        return f
+
+    def _forward(self, batch: dict, images, texts, cached: Features | None = None) -> Features:
+        with self.backend.autocast():
+            out = self.backend.model(image=images, text=texts)
+        return self.features(batch, images, texts, out, cached)
+
+    def _plain(self, batch: dict) -> tuple[dict, torch.Tensor, Callable[[int], torch.Tensor]]:
+        f = self._forward(batch, *self.inputs(batch))
+        losses = self.objective(f)
+        return losses, f.scale, lambda _j: losses["loss"]
+
+    def _accumulated(self, micro: list[dict]) -> tuple[dict, torch.Tensor, Callable[[int], torch.Tensor]]:
+        inputs = [self.inputs(b) for b in micro]
+        rng, cached = [], []
+        with torch.no_grad():
+            for batch, (images, texts) in zip(micro, inputs, strict=True):
+                rng.append(torch.random.get_rng_state())
+                cached.append(self._forward(batch, images, texts))
+        losses = self.objective(concat_features(cached))
+
+        def loss_for(j: int) -> torch.Tensor:
+            torch.random.set_rng_state(rng[j])  # the same dropout, if any, as the cached pass
+            live = self._forward(micro[j], *inputs[j], cached=cached[j])
+            parts = [live if i == j else cached[i] for i in range(len(micro))]
+            # The scale's gradient comes from one pass, the last: DDP synchronises on that one and
+            # expects every parameter to take part in it.
+            last = j == len(micro) - 1
+            return self.objective(concat_features(parts, scale_from=j if last else None))["loss"]
+
+        return losses, cached[0].scale, loss_for
+
+    def __call__(self, micro: list[dict], step: int) -> tuple[dict[str, torch.Tensor], bool]:
+        """One optimizer step over this rank's micro-batches; returns the logged values and whether
+        the step reached the weights."""
+        self.backend.model.train()
+        losses, scale, loss_for = self._plain(micro[0]) if len(micro) == 1 else self._accumulated(micro)
+        loss = self.hooks.loss(step, losses["loss"])
+        applied = False  # a non-finite loss back-propagates nothing: weights and optimizer state untouched
+        if not any_rank(not bool(torch.isfinite(loss))):
+            with self.hooks.backward(step, self.backend.unwrapped):
+                applied = self.backend.backward_and_step(loss_for, len(micro))
+        if applied:
+            self.backend.clamp_logit_scales(self.backend.unwrapped.logit_scales())
+            self.backend.sync_buffers()
+            if self.teacher is not None:
+                self.teacher.update(self.backend.unwrapped)
+        values = {k: v.detach() for k, v in losses.items()}
+        values["loss"] = loss.detach()
+        values["logit_scale"] = scale.detach().reshape(())  # the scale this step used (any ZeRO stage)
+        return values, applied
