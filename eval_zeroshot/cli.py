@@ -1,9 +1,14 @@
-"""vlp-eval: evaluate any open_clip model (ours, exported, or anyone's)."""
+"""vlp-eval: evaluate any open_clip model (ours, exported, or anyone's).
+
+torch, open_clip and the evaluators are imported inside the commands: they take seconds to import,
+and ``--help`` or a wrong argument should answer at once.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import time
 from pathlib import Path
@@ -205,8 +210,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import logging
-
     logging.basicConfig(level=logging.WARNING)
     args = build_parser().parse_args(argv)
     return args.fn(args)

@@ -18,6 +18,7 @@ import webdataset as wds
 from PIL import Image
 
 from data_pipelines.images import ImageError, open_rgb
+from data_pipelines.sources.ingest import TableError, read_table
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 WDS_IMAGE_KEYS = ("webp", "png", "jpg", "jpeg")
@@ -147,8 +148,6 @@ def read_image_folder(root: Path, classnames_file: Path | None = None) -> EvalSe
 
 def read_caption_table(path: Path) -> EvalSet:
     """A CSV/TSV/JSONL of (image, caption) for retrieval; rows of the same image join its captions."""
-    from data_pipelines.sources.ingest import TableError, read_table
-
     try:
         rows = read_table(path)
     except TableError as exn:

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import torch
 
+from data_pipelines.negatives.lexicon import pos_tag
+
 from .compositional import Scorer, check_images, first_argmax_correct, load_rgb
 from .datasets import DatasetError
 
@@ -96,8 +98,6 @@ def spacy_pos_tagger() -> Callable[[list[str]], list[str]]:
 
 def lexicon_pos_tagger() -> Callable[[list[str]], list[str]]:
     """NOUN/ADJ from data_pipelines' lexicon (single words), everything else X."""
-    from data_pipelines.negatives.lexicon import pos_tag
-
     return pos_tag
 
 

@@ -17,6 +17,7 @@ import contextlib
 from collections.abc import Callable, Sequence
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 
 from .datasets import EvalSet, Item
@@ -95,8 +96,6 @@ def _gather_rows(x: torch.Tensor, index: torch.Tensor, n: int, rank: int, world:
     """Reassemble rows computed round-robin across ranks into the full, ordered matrix."""
     if world == 1:
         return x
-    import torch.distributed as dist
-
     parts: list = [None] * world
     dist.all_gather_object(parts, (index, x))
     full = torch.zeros(n, *x.shape[1:], dtype=x.dtype)

@@ -17,7 +17,8 @@ set -euo pipefail
 RECIPE=${1:?usage: sbatch launch/slurm.sh configs/RECIPE.yaml [key=value ...]}
 shift
 GPUS_PER_NODE=${GPUS_PER_NODE:-8}
-MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
+# sed reads the whole list (head would exit early, and scontrol die of SIGPIPE under pipefail)
+MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | sed -n 1p)
 MASTER_PORT=${MASTER_PORT:-29500}
 
 export MASTER_ADDR MASTER_PORT GPUS_PER_NODE

@@ -1,6 +1,6 @@
 """Fault injection for the trainer's tests, installed through the trainer's hook seam:
 
-    VLP_TRAIN_HOOKS=tests.fault_hooks:Faults VLP_FAULTS='{"nonfinite_loss_steps": [2]}' vlp-train ...
+    PYTHONPATH=. VLP_TRAIN_HOOKS=tests.fault_hooks:Faults VLP_FAULTS='{"nonfinite_loss_steps": [2]}' vlp-train ...
 
 Keys of $VLP_FAULTS: ``nonfinite_loss_steps`` (the loss becomes NaN), ``nonfinite_grad_steps`` (the
 logit scale's gradient becomes NaN), ``step_sleep`` (seconds to wait after every step).
@@ -12,11 +12,13 @@ import contextlib
 import json
 import os
 import time
+from pathlib import Path
 
 import torch
 
 from vlp.train.hooks import TrainHooks
 
+REPO = Path(__file__).resolve().parents[1]
 KEYS = {"nonfinite_loss_steps", "nonfinite_grad_steps", "step_sleep"}
 
 
@@ -24,7 +26,13 @@ def environment(**faults) -> dict[str, str]:
     """The environment of a run with these faults (on top of this process's)."""
     unknown = set(faults) - KEYS
     assert not unknown, f"unknown faults {unknown}"
-    return {**os.environ, "VLP_TRAIN_HOOKS": "tests.fault_hooks:Faults", "VLP_FAULTS": json.dumps(faults)}
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)  # for vlp-train too
+    return {
+        **os.environ,
+        "PYTHONPATH": path,
+        "VLP_TRAIN_HOOKS": "tests.fault_hooks:Faults",
+        "VLP_FAULTS": json.dumps(faults),
+    }
 
 
 class Faults(TrainHooks):

@@ -21,7 +21,7 @@ def test_slurm_script_keeps_overrides_with_spaces_whole(tmp_path):
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     record = tmp_path / "argv.json"
-    fake(bin_dir, "scontrol", "echo node-a; echo node-b\n")
+    fake(bin_dir, "scontrol", "for n in node-a node-b node-c; do echo $n; done\n")
     fake(bin_dir, "srun", 'while [[ "$1" == --* ]]; do shift; done; exec "$@"\n')  # run the node's command here
     fake(
         bin_dir,

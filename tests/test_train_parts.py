@@ -3,14 +3,18 @@ parts' round trip, the term registry that config and trainer consult, and the te
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
+from tests.runs import run, train_cmd
 from vlp.checkpoint import list_checkpoints, prune_checkpoints, read_trainer_state
 from vlp.config import ConfigError, load_config
 from vlp.ema import EMATeacher
 from vlp.objectives import TERMS, Features, Objective
 from vlp.objectives.registry import HEADS, NEGATIVES, TEACHER, needs_teacher, register_term, terms_needing
+from vlp.train.errors import TrainingError
 from vlp.train.hooks import ENV, TrainHooks, load_hooks
 from vlp.train.state import Counters, LoaderPosition
 
@@ -115,5 +119,19 @@ def test_hooks_default_to_nothing_and_a_bad_name_is_one_clear_error(monkeypatch)
     monkeypatch.setenv(ENV, "tests.fault_hooks:Faults")
     assert type(load_hooks()).__name__ == "Faults"
     monkeypatch.setenv(ENV, "tests.fault_hooks:Nope")
-    with pytest.raises(RuntimeError, match="cannot load the hooks"):
+    with pytest.raises(TrainingError, match="cannot load the hooks"):
         load_hooks()
+
+
+def test_refusals_come_before_anything_is_written(train_shards, tmp_path):
+    """A bad evaluation set or bad test hooks stop the run with exit 1 and one message, before the
+    output folder exists; a checkpoint path that is not one is a config error (exit 2)."""
+    out = tmp_path / "run"
+    base = [f"output_dir={out}", f"data.train={train_shards}", "data.workers=0", "train.threads=1"]
+    proc = run(train_cmd([*base, f"eval.zeroshot=[{tmp_path / 'nowhere'}]"]))
+    assert proc.returncode == 1 and "vlp-train: error: eval.zeroshot:" in proc.stderr, proc.stderr[-2000:]
+    proc = run(train_cmd(base), env={**os.environ, ENV: "no_such_module:Hooks"})
+    assert proc.returncode == 1 and "cannot load the hooks" in proc.stderr, proc.stderr[-2000:]
+    proc = run(train_cmd([*base, f"train.resume={tmp_path}"]))
+    assert proc.returncode == 2 and "is not a vlp checkpoint" in proc.stderr, proc.stderr[-2000:]
+    assert not out.exists()

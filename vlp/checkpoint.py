@@ -4,7 +4,7 @@ A checkpoint directory ``OUTPUT/checkpoints/step_<N>/`` holds what ``accelerate.
 (model, optimizer and RNG states; with DeepSpeed its engine checkpoint under ``pytorch_model/``) plus
 what each stateful part of the run writes for itself (vlp.train.state):
 
-    trainer_state.json      step, counters, world size, batch size
+    trainer_state.json      step, skipped steps, world size, batch size, max steps
     loader_rank<R>.json     each rank's data-stream position (exact mid-epoch resume)
     teacher.safetensors     the EMA teacher (tgc, distill)
     proto_rank<R>.pt        ProtoCLIP's current episode, per rank
@@ -26,7 +26,7 @@ from pathlib import Path
 
 from accelerate import Accelerator
 
-from data_pipelines.shards.atomic import publish_dir, staging_dir
+from data_pipelines.shards.atomic import publish_dir, staging_dir, staging_path
 
 TRAINER_STATE = "trainer_state.json"
 _STEP_DIR = re.compile(r"^step_(\d+)$")
@@ -69,7 +69,7 @@ def save_checkpoint(
     ``write(folder)`` runs on every rank (the run's own stateful parts); the folder is sealed when all
     ranks are done, and older checkpoints beyond ``keep_last`` are deleted. Returns the path."""
     final = checkpoint_root(output_dir) / f"step_{step}"
-    staging = final.with_name(final.name + ".partial")
+    staging = staging_path(final)
     if accelerator.is_main_process:
         staging_dir(final)
     accelerator.wait_for_everyone()

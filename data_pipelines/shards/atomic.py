@@ -38,10 +38,15 @@ def _remove(path: Path) -> None:
         path.unlink()
 
 
+def staging_path(final: str | os.PathLike) -> Path:
+    """Where ``final`` is built: ``final.partial`` beside it."""
+    final = Path(final)
+    return final.with_name(final.name + ".partial")
+
+
 def staging_dir(final: str | os.PathLike) -> Path:
     """The folder to build ``final`` in (``final.partial``): any leftover of a crashed run removed, created."""
-    final = Path(final)
-    staging = final.with_name(final.name + ".partial")
+    staging = staging_path(final)
     _remove(staging)
     staging.mkdir(parents=True)
     return staging

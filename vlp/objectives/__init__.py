@@ -21,7 +21,7 @@ from .contrastive import clip_loss, dcl_loss
 from .distill import distill_loss
 from .features import Features, concat_features
 from .hard_negatives import igc_loss, negclip_loss, tgc_loss
-from .registry import NEGATIVES, TERMS, TermInputs, TermOptions, needs_of, needs_teacher
+from .registry import NEGATIVES, TERMS, LocalInputs, TermInputs, TermOptions, needs_of, needs_teacher
 
 __all__ = [
     "TERMS",
@@ -66,7 +66,8 @@ class Objective:
         return needs_teacher(self.terms)
 
     def __call__(self, f: Features) -> dict[str, torch.Tensor]:
-        x = TermInputs(f, self.options, self.rank, self.world_size, self.local_loss)
-        out = {name: TERMS[name].fn(x) for name in self.terms}
+        shared = TermInputs(f, self.options, self.rank, self.world_size, self.local_loss)
+        local = LocalInputs(f, self.options, self.rank, self.world_size)
+        out = {name: TERMS[name].fn(shared if TERMS[name].scope == "global" else local) for name in self.terms}
         out["loss"] = sum(weight * out[name] for name, weight in self.terms.items())
         return out

@@ -1,15 +1,19 @@
 """The registry of objective terms: each term is one function plus one registration.
 
 A term declares what it needs beyond this rank's image and caption features (hard negatives, the EMA
-teacher, ProtoCLIP's heads and episodes, the external sentence teacher) and its scope:
+teacher, ProtoCLIP's heads and episodes, the external sentence teacher), whether feature-cached
+accumulation is exact for it, and its scope:
 
-* ``global``: it compares across the batch, so it reads the features gathered from every rank
-  (:class:`TermInputs` gathers them lazily, once, with gradient) and averages over ``rows``: all rows,
+* ``global``: it compares across the batch, so it gets :class:`TermInputs`, whose ``*_all`` features
+  are gathered from every rank (lazily, once, with gradient), and averages over ``rows``: all rows,
   or this rank's own with ``train.local_loss``;
-* ``local``: it is a mean over this rank's own samples and needs nothing from other ranks.
+* ``local``: it is a mean over this rank's own samples and gets :class:`LocalInputs`, which has no
+  gathered features at all.
 
 Config validation, the trainer and the objective ask this registry what a term needs instead of
-deciding it again from term names.
+deciding it again from term names. Terms register when their module is imported: vlp's own in
+``vlp/objectives/terms.py`` and ``vlp/protoclip/loss.py`` (both imported by ``vlp.objectives``); a
+term in a module of your own must be imported before the configuration is read.
 """
 
 from __future__ import annotations
@@ -28,10 +32,9 @@ if TYPE_CHECKING:
 NEGATIVES = "negatives"  # hard-negative captions (data.negatives)
 TEACHER = "teacher"  # the EMA teacher's caption features
 TEACHER_ALL = "teacher_all"  # ... and its image and negative-caption features
-HEADS = "heads"  # ProtoCLIP's projection heads (BatchNorm: no exact gradient accumulation)
-EPISODES = "episodes"  # ProtoCLIP's clustered episodes
+HEADS = "heads"  # ProtoCLIP's projection heads and clustered episodes
 EXTERNAL = "external"  # ProtoCLIP's external sentence teacher
-NEEDS = (NEGATIVES, TEACHER, TEACHER_ALL, HEADS, EPISODES, EXTERNAL)
+NEEDS = (NEGATIVES, TEACHER, TEACHER_ALL, HEADS, EXTERNAL)
 SCOPES = ("global", "local")
 
 
@@ -44,13 +47,20 @@ class TermOptions:
     proto_target_temperature: float = 0.01
 
 
-class TermInputs:
-    """What a term sees: this rank's features, the batch gathered from all ranks (on first use), the
-    query rows of this rank and the options. Every rank evaluates the same terms in the same order,
-    so the lazy gathers are matched collectives."""
+class LocalInputs:
+    """What a local term sees: this rank's features, the options, and its rank in the world."""
+
+    def __init__(self, f: Features, options: TermOptions, rank: int, world_size: int):
+        self.f, self.options, self.rank, self.world_size = f, options, rank, world_size
+
+
+class TermInputs(LocalInputs):
+    """What a global term sees: also the batch gathered from all ranks (on first use) and this rank's
+    query rows. Every rank evaluates the same terms in the same order, so the lazy gathers are
+    matched collectives."""
 
     def __init__(self, f: Features, options: TermOptions, rank: int, world_size: int, local_loss: bool):
-        self.f, self.options, self.rank, self.world_size = f, options, rank, world_size
+        super().__init__(f, options, rank, world_size)
         self.local_loss = local_loss and world_size > 1
         b = f.image.shape[0]
         # Query rows of the gathered batch: all of them, or this rank's own (local rows x global columns).
@@ -87,7 +97,7 @@ class TermInputs:
         )
 
 
-TermFn = Callable[[TermInputs], torch.Tensor]
+TermFn = Callable[[LocalInputs], torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -95,15 +105,19 @@ class Term:
     name: str
     fn: TermFn
     needs: frozenset[str]
-    scope: str
+    scope: str  # "global" or "local"
+    accumulates: bool  # feature-cached accumulation gives its exact large-batch gradient
     doc: str
 
 
 TERMS: dict[str, Term] = {}
 
 
-def register_term(name: str, needs: tuple[str, ...] = (), scope: str = "global") -> Callable[[TermFn], TermFn]:
-    """Decorator: ``@register_term("igc", needs=(NEGATIVES,), scope="local")`` over ``fn(x: TermInputs)``."""
+def register_term(
+    name: str, needs: tuple[str, ...] = (), scope: str = "global", accumulates: bool = True
+) -> Callable[[TermFn], TermFn]:
+    """Decorator: ``@register_term("igc", needs=(NEGATIVES,), scope="local")`` over ``fn(x)``, where
+    x is a :class:`TermInputs` for a global term and a :class:`LocalInputs` for a local one."""
     unknown = set(needs) - set(NEEDS)
     if unknown or scope not in SCOPES:
         raise ValueError(f"term {name}: unknown needs {sorted(unknown)} or scope {scope!r}")
@@ -112,7 +126,7 @@ def register_term(name: str, needs: tuple[str, ...] = (), scope: str = "global")
         if name in TERMS:
             raise ValueError(f"objective term {name!r} is registered twice")
         doc = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""
-        TERMS[name] = Term(name, fn, frozenset(needs), scope, doc)
+        TERMS[name] = Term(name, fn, frozenset(needs), scope, accumulates, doc)
         return fn
 
     return add
@@ -128,5 +142,15 @@ def terms_needing(names, need: str) -> list[str]:
     return [n for n in names if need in TERMS[n].needs]
 
 
+def teacher_terms(names) -> list[str]:
+    """Those of ``names`` that need the EMA teacher."""
+    return [n for n in names if TERMS[n].needs & {TEACHER, TEACHER_ALL}]
+
+
 def needs_teacher(names) -> bool:
-    return bool({TEACHER, TEACHER_ALL} & needs_of(names))
+    return bool(teacher_terms(names))
+
+
+def not_accumulating(names) -> list[str]:
+    """Those of ``names`` for which feature-cached accumulation would not be exact."""
+    return [n for n in names if not TERMS[n].accumulates]

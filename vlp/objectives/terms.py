@@ -10,7 +10,7 @@ import torch
 from .contrastive import clip_loss, clip_loss_local, dcl_loss
 from .distill import distill_loss
 from .hard_negatives import igc_loss, negclip_loss, tgc_loss
-from .registry import NEGATIVES, TEACHER, TEACHER_ALL, TermInputs, register_term
+from .registry import NEGATIVES, TEACHER, TEACHER_ALL, LocalInputs, TermInputs, register_term
 
 
 @register_term("clip")
@@ -35,21 +35,21 @@ def negclip_term(x: TermInputs) -> torch.Tensor:
 
 
 @register_term("igc", needs=(NEGATIVES,), scope="local")
-def igc_term(x: TermInputs) -> torch.Tensor:
+def igc_term(x: LocalInputs) -> torch.Tensor:
     """DeGLA's image-grounded contrast: each image vs its own caption's negatives."""
     f = x.f
     return igc_loss(f.image, f.text, f.neg_text, f.scale, f.neg_mask)
 
 
 @register_term("tgc", needs=(NEGATIVES, TEACHER), scope="local")
-def tgc_term(x: TermInputs) -> torch.Tensor:
+def tgc_term(x: LocalInputs) -> torch.Tensor:
     """DeGLA's text-grounded contrast: caption vs the EMA teacher's caption and its own negatives."""
     f = x.f
     return tgc_loss(f.text, f.teacher_text, f.neg_text, x.options.tgc_temperature, f.neg_mask)
 
 
 @register_term("distill", needs=(TEACHER_ALL,), scope="local")
-def distill_term(x: TermInputs) -> torch.Tensor:
+def distill_term(x: LocalInputs) -> torch.Tensor:
     """DeGLA's self-distillation: summed squared error to the EMA teacher's features."""
     f = x.f
     student, teacher = [f.image, f.text], [f.teacher_image, f.teacher_text]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..objectives.registry import EPISODES, EXTERNAL, HEADS, TermInputs, register_term
+from ..objectives.registry import EXTERNAL, HEADS, LocalInputs, register_term
 
 
 def proto_loss(
@@ -30,8 +30,9 @@ def proto_loss(
     return -(targets * torch.log_softmax(logits, dim=1)).sum(1).mean()
 
 
-@register_term("proto", needs=(HEADS, EPISODES), scope="local")
-def proto_term(x: TermInputs) -> torch.Tensor:
+# BatchNorm in the heads: micro-batch statistics differ from the whole batch's, so no exact accumulation.
+@register_term("proto", needs=(HEADS,), scope="local", accumulates=False)
+def proto_term(x: LocalInputs) -> torch.Tensor:
     """ProtoCLIP: each head learns the other modality's soft cluster targets via back-translated prototypes."""
     p = x.f.proto
     if p is None:  # the first episode trains CLIP only
@@ -42,8 +43,8 @@ def proto_term(x: TermInputs) -> torch.Tensor:
     return (image + text) / 2
 
 
-@register_term("proto_external", needs=(HEADS, EPISODES, EXTERNAL), scope="local")
-def proto_external_term(x: TermInputs) -> torch.Tensor:
+@register_term("proto_external", needs=(HEADS, EXTERNAL), scope="local", accumulates=False)
+def proto_external_term(x: LocalInputs) -> torch.Tensor:
     """ProtoCLIP's external teacher: hard targets from clustering a sentence embedder's caption features."""
     p = x.f.proto
     if p is None or p.external_labels is None:

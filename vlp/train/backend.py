@@ -65,16 +65,16 @@ class Backend:
             return LOW_PRECISION[self.cfg.precision]
         return torch.float32
 
-    def refuse(self, needs_teacher: bool) -> None:
+    def refuse(self, teacher_terms: list[str]) -> None:
         """Combinations this backend cannot run exactly: stop before anything is built."""
         if self.cfg.accum_steps > 1 and self.zero_stage == 0 and self.cfg.precision == "fp32":
             raise TrainingError(
                 "train.accum_steps > 1 under DeepSpeed ZeRO-0 in fp32 is not supported (its plain optimizer "
                 "cannot skip a step once micro-batches are counted); use ZeRO-1/2, DDP or mixed precision"
             )
-        if needs_teacher and self.zero_stage == 3:
+        if teacher_terms and self.zero_stage == 3:
             raise TrainingError(
-                "the EMA teacher (objective terms tgc, distill) needs whole parameters on every rank: "
+                f"the EMA teacher of objective.terms.{teacher_terms[0]} needs whole parameters on every rank: "
                 "use ZeRO stage 0-2 (launch/accelerate/gpu_zero2.yaml), not ZeRO-3"
             )
 

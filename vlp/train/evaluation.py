@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from eval_zeroshot.datasets import DatasetError, read_dataset, split_spec
+from eval_zeroshot.datasets import DatasetError, EvalSet, read_dataset, split_spec
 from eval_zeroshot.zeroshot import evaluate
 
 from ..config import EvalConfig
@@ -13,18 +13,23 @@ from .backend import Backend
 from .errors import TrainingError
 
 
+def read_eval_sets(cfg: EvalConfig) -> list[EvalSet]:
+    """The eval.zeroshot sets, each named ``folder[:split]``; a bad one stops the run before it starts."""
+    sets = []
+    for spec in cfg.zeroshot:
+        path, split = split_spec(spec)
+        try:
+            dataset = read_dataset(path, split)
+        except DatasetError as exn:
+            raise TrainingError(f"eval.zeroshot: {exn}") from None
+        dataset.name = f"{Path(path).name}:{split}" if dataset.split else Path(path).name
+        sets.append(dataset)
+    return sets
+
+
 class ZeroShotEvaluator:
-    def __init__(self, cfg: EvalConfig, backend: Backend, preprocess: Callable, tokenizer: Callable):
-        self.cfg, self.backend, self.preprocess, self.tokenizer = cfg, backend, preprocess, tokenizer
-        self.sets = []
-        for spec in cfg.zeroshot:
-            path, split = split_spec(spec)
-            try:
-                dataset = read_dataset(path, split)
-            except DatasetError as exn:
-                raise TrainingError(f"eval.zeroshot: {exn}") from None
-            dataset.name = f"{Path(path).name}:{split}" if dataset.split else Path(path).name
-            self.sets.append(dataset)
+    def __init__(self, cfg: EvalConfig, sets: list[EvalSet], backend: Backend, preprocess: Callable, tokenizer):
+        self.cfg, self.sets, self.backend, self.preprocess, self.tokenizer = cfg, sets, backend, preprocess, tokenizer
         self.last: list[dict] = []
 
     def due(self, step: int, max_steps: int) -> bool:

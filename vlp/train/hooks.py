@@ -2,9 +2,9 @@
 
 The trainer calls a :class:`TrainHooks` at three points of a step. The default does nothing. A test
 installs its own by naming a class in the environment, which every process of a launched run
-inherits:
+inherits (the module must be importable: run from the checkout, or put it on PYTHONPATH):
 
-    VLP_TRAIN_HOOKS=tests.fault_hooks:Faults accelerate launch -m vlp.train ...
+    PYTHONPATH=. VLP_TRAIN_HOOKS=tests.fault_hooks:Faults accelerate launch -m vlp.train ...
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ import importlib
 import os
 
 import torch
+
+from .errors import TrainingError
 
 ENV = "VLP_TRAIN_HOOKS"
 
@@ -40,5 +42,5 @@ def load_hooks() -> TrainHooks:
     try:
         cls = getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError) as exn:
-        raise RuntimeError(f"${ENV}={spec!r}: cannot load the hooks ({exn})") from None
+        raise TrainingError(f"${ENV}={spec!r}: cannot load the hooks ({exn})") from None
     return cls()

@@ -1,7 +1,8 @@
-"""Build a run: backend, resume decision, output folder, objective, model, teacher, optimizer, loader,
+"""Build a run: backend, objective, resume decision, output folder, model, teacher, optimizer, loader,
 ProtoCLIP's episodes, evaluator, schedule and checkpointer, restored from a checkpoint when resuming.
 
-Everything that can be refused is refused before anything is written.
+Everything that can be refused (backend limits, test hooks, resume, an occupied output_dir, evaluation
+sets, a missing optional package) is refused before anything is written.
 """
 
 from __future__ import annotations
@@ -26,16 +27,17 @@ from ..ema import EMATeacher
 from ..export import CONFIG_NAME
 from ..model import DualEncoder, build_model, count_parameters, param_groups
 from ..objectives import Objective, TermOptions
-from ..objectives.registry import EXTERNAL, HEADS
+from ..objectives.registry import EXTERNAL, HEADS, teacher_terms
 from ..protoclip.episode import Episodes
 from ..protoclip.heads import ProtoHeads
 from ..protoclip.teacher import SentenceTeacher
 from .backend import Backend
 from .errors import TrainingError
-from .evaluation import ZeroShotEvaluator
+from .evaluation import ZeroShotEvaluator, read_eval_sets
 from .hooks import TrainHooks, load_hooks
 from .state import Checkpointer, Counters, LoaderPosition, RunFiles, TeacherWeights
 from .step import Stepper
+from .stopping import StopSignal
 
 log = logging.getLogger("vlp.train")
 
@@ -47,13 +49,14 @@ class Run:
     cfg: Config
     backend: Backend
     loader: StreamingLoader
-    step: Stepper
+    stepper: Stepper
     lr_at: Callable[[int], float]
     counters: Counters
     checkpointer: Checkpointer
     evaluator: ZeroShotEvaluator
     episodes: Episodes | None
     hooks: TrainHooks
+    stop: StopSignal
     resume_from: Path | None
 
     @property
@@ -115,13 +118,23 @@ def build_run(cfg: Config) -> Run:
     t, d, o = cfg.train, cfg.data, cfg.objective
     torch.set_num_threads(_threads(cfg))
     backend = Backend(t)
+    stop = StopSignal()  # from here on, SIGTERM/SIGINT mean "save at the first step boundary"
     acc = backend.acc
     rank, world, is_main = acc.process_index, acc.num_processes, acc.is_main_process
+    # Everything that can be refused is refused before anything is written.
     options = TermOptions(o.dcl_sigma, o.tgc_temperature, o.proto.target_temperature)
     objective = Objective(o.terms, rank=rank, world_size=world_size(), local_loss=t.local_loss, options=options)
-    backend.refuse(needs_teacher=objective.needs_teacher)
+    backend.refuse(teacher_terms(o.terms))
+    hooks = load_hooks()
     resume_from = resolve_resume(cfg, world)
     refuse_to_clobber(cfg.output_dir, resume_from)
+    eval_sets = read_eval_sets(cfg.eval)
+    sentence_teacher = None
+    if EXTERNAL in objective.needs:
+        try:
+            sentence_teacher = SentenceTeacher(backend.device)
+        except RuntimeError as exn:
+            raise TrainingError(str(exn)) from None
 
     def prepare_output() -> None:
         Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
@@ -130,13 +143,6 @@ def build_run(cfg: Config) -> Run:
             generate_world(d.shapes_world, WorldConfig(train_samples=d.shapes_train_samples), log=log.info)
 
     on_main_then_all(backend, prepare_output)
-    sentence_teacher = None
-    if EXTERNAL in objective.needs:
-        try:
-            sentence_teacher = SentenceTeacher(backend.device)
-        except RuntimeError as exn:
-            raise TrainingError(str(exn)) from None
-
     torch.manual_seed(t.seed)  # the same initial weights on every rank
     built = build_model(cfg.model, augment=d.augment)
     heads = None
@@ -174,7 +180,6 @@ def build_run(cfg: Config) -> Run:
     if heads is not None:
         p = o.proto
         episodes = Episodes(p.clusters, p.episode_steps, p.iters, t.seed, rank, external=sentence_teacher)
-    hooks = load_hooks()
     counters = Counters(
         shape={"world_size": world, "batch_size": t.batch_size, "max_steps": t.max_steps}, is_main=is_main
     )
@@ -193,13 +198,14 @@ def build_run(cfg: Config) -> Run:
         cfg=cfg,
         backend=backend,
         loader=loader,
-        step=Stepper(backend, objective, teacher, episodes, hooks),
+        stepper=Stepper(backend, objective, teacher, episodes, hooks),
         lr_at=cosine_lr(optimizer, t.lr, min(t.warmup_steps, t.max_steps - 1), t.max_steps),
         counters=counters,
         checkpointer=checkpointer,
-        evaluator=ZeroShotEvaluator(cfg.eval, backend, built.preprocess_val, built.tokenizer),
+        evaluator=ZeroShotEvaluator(cfg.eval, eval_sets, backend, built.preprocess_val, built.tokenizer),
         episodes=episodes,
         hooks=hooks,
+        stop=stop,
         resume_from=resume_from,
     )
     if is_main:

@@ -31,8 +31,8 @@ class Stateful(Protocol):
 
 @dataclass
 class Counters:
-    """Steps done and skipped, saved with the run's shape (world_size, batch_size, max_steps), which
-    a resume must match exactly (see setup.resolve_resume)."""
+    """Steps done and skipped, saved with the run's shape (world_size, batch_size, max_steps); a
+    resume must have the same world_size and batch_size (setup.resolve_resume)."""
 
     step: int = 0
     skipped_steps: int = 0

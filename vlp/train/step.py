@@ -48,10 +48,11 @@ class Stepper:
 
     def embed(self, batch: dict) -> dict[str, torch.Tensor]:
         """The model's outputs for a batch in eval mode without gradient (ProtoCLIP's episode replay)."""
-        images, texts = self.inputs(batch)
+        device = self.backend.device
+        images = batch["image"].to(device, dtype=self.backend.input_dtype, non_blocking=True)
         self.backend.model.eval()
         with torch.no_grad(), self.backend.autocast():
-            return self.backend.model(image=images, text=texts[: len(images)])
+            return self.backend.model(image=images, text=batch["text"].to(device, non_blocking=True))
 
     def features(self, batch: dict, images, texts, out: dict, cached: Features | None = None) -> Features:
         """The objective's inputs: this batch's features, its negatives, the teacher's, ProtoCLIP's.
