@@ -15,7 +15,7 @@ STEPS = 16
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
+def recipe_shards(tmp_path_factory):
     out = tmp_path_factory.mktemp("recipeworld") / "shapes"
     generate_world(
         out,
@@ -26,11 +26,11 @@ def world(tmp_path_factory):
     return out / "train"
 
 
-def overrides(world, out, **extra) -> list[str]:
+def overrides(recipe_shards, out, **extra) -> list[str]:
     base = {
         "output_dir": out,
         "data.shapes_world": "",
-        "data.train": world,
+        "data.train": recipe_shards,
         "data.workers": 0,
         "model.name": REPO / "configs/models/vlp-tiny.json",  # recipes fine-tuning the demo export start fresh
         "train.max_steps": STEPS,
@@ -56,10 +56,10 @@ def mean(xs):
 
 
 @pytest.mark.parametrize("recipe", ["clip", "dcl", "negclip", "degla", "protoclip"])
-def test_recipe_runs_under_zero2_and_learns(recipe, world, tmp_path):
+def test_recipe_runs_under_zero2_and_learns(recipe, recipe_shards, tmp_path):
     out = tmp_path / recipe
     cmd = launch_cmd(
-        "cpu_deepspeed_zero2.yaml", ["--config", str(REPO / f"configs/{recipe}.yaml"), *overrides(world, out)]
+        "cpu_deepspeed_zero2.yaml", ["--config", str(REPO / f"configs/{recipe}.yaml"), *overrides(recipe_shards, out)]
     )
     proc = run(cmd)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
@@ -82,17 +82,19 @@ def test_recipe_runs_under_zero2_and_learns(recipe, world, tmp_path):
 
 
 @pytest.mark.parametrize("recipe,resume_at", [("degla", 8), ("protoclip", 8)])
-def test_teacher_and_episodes_resume_exactly(recipe, resume_at, world, tmp_path):
+def test_teacher_and_episodes_resume_exactly(recipe, resume_at, recipe_shards, tmp_path):
     full, resumed = tmp_path / "full", tmp_path / "resumed"
     config = ["--config", str(REPO / f"configs/{recipe}.yaml")]
-    proc = run(launch_cmd("cpu_deepspeed_zero2.yaml", [*config, *overrides(world, full)]))
+    proc = run(launch_cmd("cpu_deepspeed_zero2.yaml", [*config, *overrides(recipe_shards, full)]))
     assert proc.returncode == 0, proc.stderr[-5000:]
     ckpt = full / "checkpoints" / f"step_{resume_at}"
     if recipe == "degla":
         assert (ckpt / "teacher.safetensors").is_file()
     else:
         assert (ckpt / "proto_rank0.pt").is_file() and (ckpt / "proto_rank1.pt").is_file()
-    proc = run(launch_cmd("cpu_deepspeed_zero2.yaml", [*config, *overrides(world, resumed), f"train.resume={ckpt}"]))
+    proc = run(
+        launch_cmd("cpu_deepspeed_zero2.yaml", [*config, *overrides(recipe_shards, resumed), f"train.resume={ckpt}"])
+    )
     assert proc.returncode == 0, proc.stderr[-5000:]
     a, b = metrics(full), metrics(resumed)
     assert sorted(b) == list(range(resume_at + 1, STEPS + 1))
@@ -101,12 +103,13 @@ def test_teacher_and_episodes_resume_exactly(recipe, resume_at, world, tmp_path)
             assert abs(a[step][key] - b[step][key]) <= 1e-5, (step, key, a[step][key], b[step][key])
 
 
-def test_protoclip_external_teacher(world, tmp_path):
+def test_protoclip_external_teacher(recipe_shards, tmp_path):
     """ProtoCLIP with the packaged sentence embedder clustering the captions (no download)."""
     out = tmp_path / "external"
     terms = "objective.terms={clip: 1.0, proto: 1.0, proto_external: 0.5}"
     cmd = launch_cmd(
-        "cpu_deepspeed_zero2.yaml", ["--config", str(REPO / "configs/protoclip.yaml"), *overrides(world, out), terms]
+        "cpu_deepspeed_zero2.yaml",
+        ["--config", str(REPO / "configs/protoclip.yaml"), *overrides(recipe_shards, out), terms],
     )
     proc = run(cmd)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]

@@ -30,6 +30,7 @@ def checkpoint_state_dict(checkpoint: str | os.PathLike) -> dict[str, torch.Tens
     ds_dir = ckpt / DS_TAG
     if ds_dir.is_dir():
         if any(ds_dir.glob("*zero_pp_rank_*optim_states.pt")):  # ZeRO 1-3 (bf16_ prefix in bf16 runs)
+            # deepspeed takes seconds to import: only for checkpoints that need it
             from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
             state = get_fp32_state_dict_from_zero_checkpoint(str(ckpt), tag=DS_TAG)

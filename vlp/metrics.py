@@ -7,6 +7,8 @@ import sys
 import time
 from pathlib import Path
 
+from tqdm import tqdm
+
 
 def _duration(seconds: float) -> str:
     seconds = int(max(0, seconds))
@@ -38,8 +40,6 @@ class MetricsLogger:
         except ImportError:  # tensorboard is a dependency, but a missing one must not stop training
             self._tb = None
         if sys.stderr.isatty():
-            from tqdm import tqdm
-
             self._bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True)
 
     def eta(self, step: int) -> float:

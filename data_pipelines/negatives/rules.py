@@ -65,10 +65,6 @@ def normalise(text: str) -> str:
     return " ".join(re.sub(r"[^\w\s]", " ", text.lower()).split())
 
 
-def bag_of_words(text: str) -> list[str]:
-    return sorted(normalise(text).split())
-
-
 # ---------------------------------------------------------------- candidates per type
 
 
