@@ -82,3 +82,43 @@ def test_a_mapping_override_replaces_the_recipe_s_mapping(tmp_path):
     merges mappings, which would silently keep the recipe's terms: one reason vlp keeps its own tree.)"""
     cfg = load_config(REPO / "configs/negclip.yaml", ["objective.terms={clip: 1.0}", "data.negatives=0"])
     assert cfg.objective.terms == {"clip": 1.0}
+
+
+# Gradient clipping as each method's authors ran it (docs/METHODS.md, fidelity table): open_clip,
+# NegCLIP and DeGLA clip nothing; ProtoCLIP clips the global norm at 10. The demo keeps vlp's default.
+PUBLISHED_CLIPPING = {
+    "clip": 0.0,
+    "dcl": 0.0,
+    "negclip": 0.0,
+    "degla": 0.0,
+    "degla_vitb32": 0.0,
+    "protoclip": 10.0,
+    "protoclip_rn50_cc3m": 10.0,
+    "demo": 1.0,
+}
+
+
+@pytest.mark.parametrize("recipe", sorted(PUBLISHED_CLIPPING))
+def test_recipes_state_their_papers_optimisation(recipe):
+    cfg = load_config(REPO / f"configs/{recipe}.yaml")
+    assert cfg.train.grad_clip == PUBLISHED_CLIPPING[recipe]
+    assert cfg.data.negative_sampling == ("fixed" if recipe.startswith("degla") else "random")
+    assert cfg.data.neighbours == (recipe == "negclip")  # NegCLIP's hard-negative images
+    if recipe == "protoclip_rn50_cc3m":
+        assert set(cfg.objective.terms) == {"clip", "proto", "proto_external"}
+        assert cfg.objective.proto.restarts == 3 and cfg.objective.proto.clusters == 20000
+        assert (cfg.train.weight_decay, cfg.train.beta2, cfg.train.eps) == (0.5, 0.999, 1e-8)
+        assert cfg.train.batch_size * 8 == 512 and cfg.objective.proto.episode_steps == 200_000 // 512
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (["data.negative_sampling=first"], "data.negative_sampling: must be one of random, fixed"),
+        (["data.neighbours=true", "objective.terms={clip: 1.0, proto: 1.0}"], "data.neighbours with objective"),
+        (["objective.proto.restarts=0"], "objective.proto.restarts: must be at least 1"),
+    ],
+)
+def test_new_data_and_proto_keys_are_checked(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, ["data.train=x/", *overrides])

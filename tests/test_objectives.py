@@ -245,3 +245,36 @@ def test_two_ranks_equal_one_rank_with_twice_the_batch(tmp_path):
                 for key, g in grads.items():
                     assert torch.allclose(g, single_grads[key][rows], atol=1e-5), (terms, local_loss, key, r)
             i += 1
+
+
+def test_neighbour_rows_are_a_permutation_every_term_is_blind_to():
+    """With hard-negative images each rank appends its samples' neighbours after its own rows, so two
+    ranks gather [own_0; nb_0; own_1; nb_1] where one process holds [own; nb]: a permutation of the
+    same rows. Every term is invariant to it (loss and each row's gradient); with the 2-rank = 1-rank
+    test above this gives the trainer's equality for neighbours too."""
+    from vlp.train.step import with_neighbours
+
+    f = features(8, K, seed=11, grad=False)
+    own, nb = slice(0, 4), slice(4, 8)
+    one_process = [torch.cat([f[key][own], f[key][nb]]) for key in ("image", "text", "neg", "mask")]
+    order = torch.tensor([0, 1, 4, 5, 2, 3, 6, 7])  # rank 0: own 0-1, nb 0-1; rank 1: own 2-3, nb 2-3
+    two_ranks = [t[order] for t in one_process]
+    for terms in ({"clip": 1.0}, {"dcl": 1.0}, {"negclip": 1.0}, {"negclip": 1.0, "igc": 0.1}):
+        results = []
+        for image, text, neg, mask in (one_process, two_ranks):
+            leaves = [t.clone().requires_grad_(True) for t in (image, text, neg)]
+            loss = Objective(terms)(Features(*leaves[:2], S2, neg_text=leaves[2], neg_mask=mask))["loss"]
+            loss.backward()
+            results.append((loss.item(), [t.grad for t in leaves]))
+        (a, grads_a), (b, grads_b) = results
+        assert a == pytest.approx(b, abs=1e-6), terms
+        for ga, gb in zip(grads_a, grads_b, strict=True):
+            assert (ga is None) == (gb is None), terms
+            assert ga is None or torch.allclose(ga[order], gb, atol=1e-6), terms
+    # The batch the trainer builds: neighbours after the samples, negatives and masks alike.
+    batch = {"image": torch.zeros(2, 3), "text": torch.ones(2, 5), "neg_text": torch.ones(2, 4, 5), "key": ["a", "b"]}
+    batch.update(neighbour_image=torch.ones(2, 3), neighbour_text=2 * torch.ones(2, 5))
+    batch.update(neighbour_neg_text=3 * torch.ones(2, 4, 5))
+    merged = with_neighbours(batch)
+    assert merged["image"].tolist() == [[0] * 3] * 2 + [[1] * 3] * 2 and merged["neg_text"].shape == (4, 4, 5)
+    assert merged["text"][2:].eq(2).all() and merged["key"] == ["a", "b"]

@@ -44,6 +44,26 @@ def test_kmeans_finds_separated_blobs_and_their_centres():
         kmeans(x[:4], 5, iters=1, seed=0)
 
 
+def duplicates() -> torch.Tensor:
+    """Three distinct values, two of them repeated: a start on two copies of one value leaves a
+    cluster empty."""
+    return torch.tensor([[0.0, 0.0]] * 20 + [[10.0, 0.0]] * 20 + [[100.0, 0.0]])
+
+
+def test_restarts_keep_the_best_run_and_empty_clusters_are_reseeded():
+    x, truth = blobs()
+    assert not same_partition(kmeans(x, 3, iters=20, seed=0)[1], truth)  # one start: a local optimum
+    assert same_partition(kmeans(x, 3, iters=20, seed=0, restarts=3)[1], truth)  # as ProtoCLIP's nredo=3
+    points = duplicates()
+    first = torch.randperm(len(points), generator=torch.Generator().manual_seed(5))[:3]
+    assert points[first, 0].tolist() == [0.0, 0.0, 10.0]  # two identical starts: one cluster empties
+    centroids, labels = kmeans(points, 3, iters=10, seed=5)
+    # Kept stale, the empty centre would stay on 0 and 100 would join 10's cluster; re-seeded with the
+    # farthest point it takes 100, and every point sits on its centre.
+    assert sorted(centroids[:, 0].tolist()) == [0.0, 10.0, 100.0]
+    assert torch.equal(centroids[labels], points)
+
+
 def test_back_translation_means_by_the_other_modality():
     h = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
     other = torch.tensor([1, 1, 0])
@@ -59,21 +79,27 @@ def _ranks_worker(rank: int, world: int, port: int, out: str) -> None:
     dist.init_process_group("gloo", rank=rank, world_size=world)
     x, _ = blobs()
     rows = slice(rank * 30, (rank + 1) * 30)  # ranks hold different numbers of points of each blob
-    centroids, labels = kmeans(x[rows], 3, iters=20, seed=2, rank=rank)
+    centroids, labels = kmeans(x[rows], 3, iters=20, seed=0, rank=rank, restarts=3)
     translated = back_translated(x[rows], labels, 3)
-    torch.save((centroids, labels, translated), os.path.join(out, f"rank{rank}.pt"))
+    points = duplicates()
+    mine = slice(0, 30) if rank == 0 else slice(30, None)  # 100 lives on rank 1 only
+    reseeded = kmeans(points[mine], 3, iters=10, seed=5, rank=rank)
+    torch.save((centroids, labels, translated, *reseeded), os.path.join(out, f"rank{rank}.pt"))
     dist.destroy_process_group()
 
 
 def test_two_ranks_cluster_as_one_process_holding_everything(tmp_path):
     mp.spawn(_ranks_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
     x, _ = blobs()
-    centroids, labels = kmeans(x, 3, iters=20, seed=2)
+    centroids, labels = kmeans(x, 3, iters=20, seed=0, restarts=3)
+    one_c, one_y = kmeans(duplicates(), 3, iters=10, seed=5)
     parts = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
-    for r, (c, y, t) in enumerate(parts):
+    for r, (c, y, t, dup_c, dup_y) in enumerate(parts):
         assert torch.allclose(c, centroids, atol=1e-6), r  # identical centroids on every rank
         assert torch.equal(y, labels[r * 30 : (r + 1) * 30])
         assert torch.allclose(t, back_translated(x, labels, 3), atol=1e-6)
+        assert torch.equal(dup_c, one_c)  # the re-seeding point comes from rank 1 to both ranks
+        assert torch.equal(dup_y, one_y[:30] if r == 0 else one_y[30:])
 
 
 def test_episode_round_trip_through_a_checkpoint_file(tmp_path):
@@ -134,3 +160,18 @@ def test_episode_replay_clusters_the_coming_batches_and_rewinds(tmp_path):
     other_rank = Episodes(clusters=3, episode_steps=2, iters=10, seed=0, rank=1)
     other_rank.load(tmp_path)  # rank 1 has no file: before its first clustering
     assert other_rank.current is None
+
+
+def test_projection_heads_get_no_weight_decay():
+    from vlp.model import DualEncoder, param_groups
+    from vlp.protoclip.heads import ProtoHeads
+
+    clip = torch.nn.Module()
+    clip.proj = torch.nn.Linear(4, 4)
+    clip.logit_scale = torch.nn.Parameter(torch.zeros(1))
+    model = DualEncoder(clip, ProtoHeads(4, 8, 3))
+    decay, no_decay = param_groups(model, 0.2)
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert sorted(names[id(p)] for p in decay["params"]) == ["clip.proj.weight"]
+    assert {names[id(p)] for p in no_decay["params"]} >= {"heads.image_head.0.weight", "heads.logit_scale"}
+    assert decay["weight_decay"] == 0.2 and no_decay["weight_decay"] == 0.0

@@ -8,7 +8,7 @@ import os
 import pytest
 import torch
 
-from tests.runs import run, train_cmd
+from tests.runs import REPO, run, train_cmd
 from vlp.checkpoint import list_checkpoints, prune_checkpoints, read_trainer_state
 from vlp.config import ConfigError, load_config
 from vlp.ema import EMATeacher
@@ -22,7 +22,7 @@ from vlp.train.state import Counters, LoaderPosition
 def test_ema_teacher_update_by_hand():
     student = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
     teacher = EMATeacher(student, decay=0.9)
-    assert not teacher.module.training and not any(p.requires_grad for p in teacher.module.parameters())
+    assert not teacher.module[0].training and not any(p.requires_grad for p in teacher.module.parameters())
     before = {k: v.clone() for k, v in teacher.module.state_dict().items()}
     with torch.no_grad():
         for p in student.parameters():
@@ -135,3 +135,27 @@ def test_refusals_come_before_anything_is_written(train_shards, tmp_path):
     proc = run(train_cmd([*base, f"train.resume={tmp_path}"]))
     assert proc.returncode == 2 and "is not a vlp checkpoint" in proc.stderr, proc.stderr[-2000:]
     assert not out.exists()
+
+
+def test_a_teacher_equal_to_the_student_gives_distill_zero_and_tgc_its_floor():
+    """With BatchNorm in the tower (the ResNet of configs/models/vlp-tiny.json) the teacher must
+    normalise as the student does in training; in eval mode it would use running statistics and
+    disagree with itself-as-student at step 0."""
+    from vlp.config import ModelConfig
+    from vlp.model import DualEncoder, build_model
+    from vlp.objectives import distill_loss, tgc_loss
+
+    torch.manual_seed(0)
+    built = build_model(ModelConfig(name=str(REPO / "configs/models/vlp-tiny.json")))
+    student = DualEncoder(built.model).train()
+    teacher = EMATeacher(student, decay=0.99)
+    running = teacher.module.clip.visual.bn1.running_mean.clone()
+    images = torch.randn(6, 3, 64, 64)
+    texts = built.tokenizer([f"a red circle {i}" for i in range(6)] + [f"a blue square {i}" for i in range(6)])
+    out, t = student(image=images, text=texts), teacher(image=images, text=texts)
+    assert torch.allclose(out["image_features"], t["image_features"], atol=1e-5)
+    assert torch.equal(teacher.module.clip.visual.bn1.running_mean, running)  # the teacher's forward moves nothing
+    text, neg = out["text_features"][:6], out["text_features"][6:, None]
+    assert distill_loss([out["image_features"], text], [t["image_features"], t["text_features"][:6]]) < 1e-8
+    floor = tgc_loss(text, text, neg)  # the caption is its own teacher
+    assert tgc_loss(text, t["text_features"][:6], neg).item() == pytest.approx(floor.item(), abs=1e-5)

@@ -1,9 +1,16 @@
 """The EMA teacher of DeGLA's self-distillation: θ* ← α·θ* + (1 − α)·θ after every optimizer step.
 
-It is a plain fp32 copy of the student module, kept in eval mode with no gradient, updated from the
-student's (full) parameters. That works under DDP and DeepSpeed ZeRO 0–2, where every rank holds the
-whole module; under ZeRO-3 parameters are partitioned, and the trainer refuses teacher terms there
-rather than gather the whole model every step.
+It is a plain fp32 copy of the student module with no gradient, updated from the student's (full)
+parameters; buffers (BatchNorm statistics) are copied from the student. That works under DDP and
+DeepSpeed ZeRO 0–2, where every rank holds the whole module; under ZeRO-3 parameters are
+partitioned, and the trainer refuses teacher terms there rather than gather the whole model every step.
+
+Mode: DeGLA runs its teacher in eval mode, which for its ViT (no BatchNorm) means only "no dropout".
+For towers with BatchNorm (vlp's ResNet) eval mode would normalise with running statistics while the
+student normalises with the batch's, so a teacher equal to the student would still disagree with it
+(distillation > 0 at step 0). vlp's teacher is in eval mode except its BatchNorm layers, which use the
+batch's statistics like the student's, with momentum 0 so that the teacher's forward never moves its
+running statistics: teacher = student gives exactly the student's features.
 """
 
 from __future__ import annotations
@@ -19,6 +26,10 @@ class EMATeacher:
             raise ValueError(f"EMA decay must be in [0, 1), got {decay}")
         self.decay = decay
         self.module = copy.deepcopy(student).float().eval().requires_grad_(False)
+        for m in self.module.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                m.train()  # batch statistics, as the student in training
+                m.momentum = 0.0  # ... without updating the running ones
 
     @torch.no_grad()
     def update(self, student: torch.nn.Module) -> None:

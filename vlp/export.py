@@ -19,6 +19,8 @@ from safetensors.torch import load_file, save_file
 
 from data_pipelines.shards.atomic import publish_dir, staging_dir, write_json_atomic
 
+from .torchscript import convert, is_torchscript_archive
+
 CONFIG_NAME = "open_clip_config.json"
 WEIGHTS_NAME = "open_clip_model.safetensors"
 DS_TAG = "pytorch_model"  # the tag accelerate gives DeepSpeed checkpoints of its first model
@@ -75,10 +77,35 @@ def export_checkpoint(checkpoint: str | os.PathLike, out: str | os.PathLike) -> 
     return export_state(checkpoint_state_dict(ckpt), json.loads(config_path.read_text()), out)
 
 
+def convert_main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(
+        prog="vlp-export convert",
+        description="Write the weights of a TorchScript archive (e.g. OpenAI's ViT-B-32.pt) as safetensors, "
+        "usable as model.pretrained with any matching open_clip architecture (e.g. ViT-B-32-quickgelu).",
+    )
+    p.add_argument("archive", help="TorchScript archive (.pt)")
+    p.add_argument("--out", required=True, help="weights file to write (.safetensors)")
+    args = p.parse_args(argv)
+    if not is_torchscript_archive(args.archive):
+        print(f"vlp-export convert: error: {args.archive} is not a TorchScript archive", file=sys.stderr)
+        return 2
+    try:
+        out = convert(args.archive, args.out)
+    except (RuntimeError, ValueError) as exn:
+        print(f"vlp-export convert: error: {exn}", file=sys.stderr)
+        return 2
+    print(f"converted {args.archive} -> {out} (use it as model.pretrained)")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["convert"]:
+        return convert_main(argv[1:])
     p = argparse.ArgumentParser(
         prog="vlp-export",
-        description="Export a vlp checkpoint (OUTPUT/checkpoints/step_N) as an open_clip local dir.",
+        description="Export a vlp checkpoint (OUTPUT/checkpoints/step_N) as an open_clip local dir. "
+        "`vlp-export convert ARCHIVE --out W.safetensors` converts a TorchScript archive's weights instead.",
     )
     p.add_argument("checkpoint", help="checkpoint directory, e.g. runs/demo/checkpoints/step_600")
     p.add_argument("--out", required=True, help="output directory (replaced if it exists)")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import tempfile
 from collections.abc import Callable
@@ -17,6 +18,9 @@ from eval_zeroshot.models import register_architecture
 
 from .config import ConfigError, ModelConfig
 from .protoclip.heads import ProtoHeads
+from .torchscript import convert, is_torchscript_archive
+
+log = logging.getLogger(__name__)
 
 MAX_LOGIT_SCALE = math.log(100.0)  # open_clip's bound on the logit scale
 
@@ -95,9 +99,19 @@ def build_model(cfg: ModelConfig, augment: bool = True) -> BuiltModel:
     parameters), its open_clip transforms and tokenizer, and apply tower locking and checkpointing."""
     name = _register(cfg)
     pretrained = cfg.pretrained or None
-    model, preprocess_train, preprocess_val = open_clip.create_model_and_transforms(
-        name, pretrained=pretrained, output_dict=True, nonscalar_logit_scale=True, weights_only=True
-    )
+    with tempfile.TemporaryDirectory(prefix="vlp-weights-") as scratch:
+        if pretrained and is_torchscript_archive(pretrained):
+            # OpenAI's original checkpoints: weights_only=True refuses them, so their tensors are read
+            # through TorchScript's loader into a safetensors file that open_clip's loader takes.
+            log.info(
+                "model.pretrained %s is a TorchScript archive: reading its tensors (vlp-export convert "
+                "makes a safetensors copy once)",
+                pretrained,
+            )
+            pretrained = str(convert(pretrained, Path(scratch) / "weights.safetensors"))
+        model, preprocess_train, preprocess_val = open_clip.create_model_and_transforms(
+            name, pretrained=pretrained, output_dict=True, nonscalar_logit_scale=True, weights_only=True
+        )
     if cfg.lock_image:
         model.lock_image_tower()
     if cfg.lock_text:
@@ -120,11 +134,12 @@ def build_model(cfg: ModelConfig, augment: bool = True) -> BuiltModel:
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """AdamW groups: decay on weights with >= 2 dimensions; none on biases, norms and the scale."""
+    """AdamW groups: decay on weights with >= 2 dimensions; none on biases, norms and the scales, nor
+    on ProtoCLIP's projection heads (as its authors exclude them)."""
     decay, no_decay = [], []
-    for p in model.parameters():
+    for name, p in model.named_parameters():
         if p.requires_grad:
-            (decay if p.ndim >= 2 else no_decay).append(p)
+            (decay if p.ndim >= 2 and not name.startswith("heads.") else no_decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 

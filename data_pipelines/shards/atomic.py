@@ -7,9 +7,11 @@ within one file system, which the sibling names guarantee.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -19,11 +21,21 @@ def temporary_name(path: str | os.PathLike) -> Path:
     return path.with_name(path.name + ".tmp")
 
 
+@contextlib.contextmanager
+def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
+    """``with atomic_file(p) as tmp: write(tmp)``: ``p`` appears, complete, only if the block succeeds."""
+    tmp = temporary_name(path)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     """Write ``text`` through a temporary name so a reader never sees half a file."""
-    tmp = temporary_name(path)
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        tmp.write_text(text)
 
 
 def write_json_atomic(path: str | os.PathLike, obj: object, *, indent: int = 2, sort_keys: bool = False) -> None:

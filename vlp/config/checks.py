@@ -8,8 +8,10 @@ from pathlib import Path
 
 from data_pipelines.loader import MODES
 
-from ..objectives.registry import NEGATIVES, TERMS, not_accumulating, terms_needing
+from ..objectives.registry import HEADS, NEGATIVES, TERMS, not_accumulating, terms_needing
 from .schema import PRECISIONS, Config, ConfigError
+
+NEGATIVE_SAMPLING = ("random", "fixed")
 
 
 def _check(ok: bool, message: str) -> None:
@@ -61,12 +63,23 @@ def validate(cfg: Config) -> None:
         "set data.negatives (K, e.g. 4) and give shards whose .json hold them",
     )
     _check(d.negatives >= 0, f"data.negatives: must not be negative, got {d.negatives}")
+    _check(
+        d.negative_sampling in NEGATIVE_SAMPLING,
+        f"data.negative_sampling: must be one of {', '.join(NEGATIVE_SAMPLING)}, got {d.negative_sampling!r}",
+    )
+    episodic = terms_needing(cfg.objective.terms, HEADS)
+    _check(
+        not (d.neighbours and episodic),
+        f"data.neighbours with objective.terms.{(episodic or [''])[0]}: ProtoCLIP's episodes label the stream's "
+        "own samples, not their neighbours",
+    )
     o = cfg.objective
     _check(0.0 <= o.ema_decay < 1.0, f"objective.ema_decay: must be in [0, 1), got {o.ema_decay}")
     _check(o.tgc_temperature > 0, f"objective.tgc_temperature: must be positive, got {o.tgc_temperature}")
     _check(o.dcl_sigma is None or o.dcl_sigma > 0, f"objective.dcl_sigma: must be positive, got {o.dcl_sigma}")
     _check(o.proto.clusters >= 2, f"objective.proto.clusters: must be at least 2, got {o.proto.clusters}")
     _check(o.proto.episode_steps >= 1, "objective.proto.episode_steps: must be at least 1")
+    _check(o.proto.restarts >= 1, f"objective.proto.restarts: must be at least 1, got {o.proto.restarts}")
     _check(cfg.eval.every >= 0, f"eval.every: must not be negative, got {cfg.eval.every}")
     _check(cfg.eval.batch_size >= 1, f"eval.batch_size: must be at least 1, got {cfg.eval.batch_size}")
     resume = t.resume

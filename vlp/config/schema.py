@@ -45,6 +45,13 @@ class DataConfig:
     epoch_samples: int | None = None  # nominal epoch in resampled mode
     negatives: int = 0  # K hard negatives per caption, read from each sample's .json (terms that need them)
     negative_types: list[str] | None = None  # only these types (default: all)
+    # Which K of a sample's negatives: "random" (drawn again each epoch) or "fixed" (its first K for the
+    # whole run, as DeGLA's data gives them).
+    negative_sampling: str = "random"
+    # NegCLIP's hard-negative images: each sample's neighbour (the shapes world's exact twin, or a
+    # nearest neighbour from `vlp-data neighbours`) joins the batch as an extra row with its own caption
+    # and negatives, so both contrast directions see it.
+    neighbours: bool = False
 
 
 @dataclass
@@ -75,6 +82,7 @@ class ProtoConfig:
     clusters: int = 64  # K-means clusters per modality (ProtoCLIP used 20,000 for 200k-sample episodes)
     episode_steps: int = 50  # an episode is this many steps; the first trains CLIP only
     iters: int = 20  # Lloyd iterations
+    restarts: int = 3  # K-means runs from different seeds; the lowest inertia wins (ProtoCLIP: faiss nredo=3)
     target_temperature: float = 0.01  # τ_t of the soft targets; <= 0 for hard labels
     hidden: int = 2048  # projection head: Linear(D, hidden) -> BN -> ReLU -> Linear(hidden, dim)
     dim: int = 128

@@ -112,15 +112,16 @@ def cluster_episode(
     seed: int,
     rank: int,
     external: torch.Tensor | None = None,
+    restarts: int = 1,
 ) -> Episode:
     """Cluster one episode's projections (this rank's rows; a collective over all ranks); with
     ``external`` (the sentence teacher's caption embeddings), cluster those too."""
-    c_img, y_img = kmeans(image_proj, clusters, iters, seed * 1000 + 3 * index, rank)
-    c_txt, y_txt = kmeans(text_proj, clusters, iters, seed * 1000 + 3 * index + 1, rank)
+    c_img, y_img = kmeans(image_proj, clusters, iters, seed * 1000 + 3 * index, rank, restarts)
+    c_txt, y_txt = kmeans(text_proj, clusters, iters, seed * 1000 + 3 * index + 1, rank, restarts)
     columns = [y_img.tolist(), y_txt.tolist()]
     image_from_external = text_from_external = None
     if external is not None:
-        _, y_ext = kmeans(external, clusters, iters, seed * 1000 + 3 * index + 2, rank)
+        _, y_ext = kmeans(external, clusters, iters, seed * 1000 + 3 * index + 2, rank, restarts)
         image_from_external = back_translated(image_proj, y_ext, clusters)
         text_from_external = back_translated(text_proj, y_ext, clusters)
         columns.append(y_ext.tolist())
@@ -151,8 +152,9 @@ class Episodes:
         seed: int,
         rank: int,
         external: SentenceTeacher | None = None,
+        restarts: int = 1,
     ):
-        self.clusters, self.episode_steps, self.iters = clusters, episode_steps, iters
+        self.clusters, self.episode_steps, self.iters, self.restarts = clusters, episode_steps, iters, restarts
         self.seed, self.rank, self.external = seed, rank, external
         self.current: Episode | None = None
 
@@ -185,6 +187,7 @@ class Episodes:
             self.seed,
             self.rank,
             external=external,
+            restarts=self.restarts,
         )
         loader.load_state_dict(start)
         return iter(loader)

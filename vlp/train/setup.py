@@ -173,13 +173,17 @@ def build_run(cfg: Config) -> Run:
         drop_last=True,
         num_negatives=d.negatives if objective.needs_negatives else 0,
         negative_types=d.negative_types,
+        negative_sampling=d.negative_sampling,
+        neighbours=d.neighbours,
         captions=sentence_teacher is not None,
         worker_nice=(19 if backend.device.type == "cpu" else 0) if d.worker_nice is None else d.worker_nice,
     )
     episodes = None
     if heads is not None:
         p = o.proto
-        episodes = Episodes(p.clusters, p.episode_steps, p.iters, t.seed, rank, external=sentence_teacher)
+        episodes = Episodes(
+            p.clusters, p.episode_steps, p.iters, t.seed, rank, external=sentence_teacher, restarts=p.restarts
+        )
     counters = Counters(
         shape={"world_size": world, "batch_size": t.batch_size, "max_steps": t.max_steps}, is_main=is_main
     )
@@ -198,7 +202,7 @@ def build_run(cfg: Config) -> Run:
         cfg=cfg,
         backend=backend,
         loader=loader,
-        stepper=Stepper(backend, objective, teacher, episodes, hooks),
+        stepper=Stepper(backend, objective, teacher, episodes, hooks, neighbours=d.neighbours),
         lr_at=cosine_lr(optimizer, t.lr, min(t.warmup_steps, t.max_steps - 1), t.max_steps),
         counters=counters,
         checkpointer=checkpointer,

@@ -23,6 +23,17 @@ from .backend import Backend
 from .hooks import TrainHooks
 
 
+def with_neighbours(batch: dict) -> dict:
+    """NegCLIP's batch: each sample's neighbour (hard-negative image, its caption, its negatives) joins
+    as an extra row after the B samples, so every term sees 2B rows and the hard images take part in
+    both contrast directions: as rows of image→text and as columns of text→image."""
+    merged = dict(batch)
+    for name in ("image", "text", "neg_text", "neg_mask"):
+        if name in batch:
+            merged[name] = torch.cat([batch[name], batch[f"neighbour_{name}"]])
+    return merged
+
+
 class Stepper:
     def __init__(
         self,
@@ -31,9 +42,11 @@ class Stepper:
         teacher: EMATeacher | None = None,
         episodes: Episodes | None = None,
         hooks: TrainHooks | None = None,
+        neighbours: bool = False,
     ):
         self.backend, self.objective, self.teacher, self.episodes = backend, objective, teacher, episodes
         self.hooks = hooks or TrainHooks()
+        self.neighbours = neighbours
 
     def inputs(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """Images in the backend's dtype; captions, then (when a term needs them) the negatives
@@ -114,6 +127,8 @@ class Stepper:
         """One optimizer step over this rank's micro-batches; returns the logged values and whether
         the step reached the weights."""
         self.backend.model.train()
+        if self.neighbours:
+            micro = [with_neighbours(b) for b in micro]
         losses, scale, loss_for = self._plain(micro[0]) if len(micro) == 1 else self._accumulated(micro)
         loss = self.hooks.loss(step, losses["loss"])
         applied = False  # a non-finite loss back-propagates nothing: weights and optimizer state untouched
