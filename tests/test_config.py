@@ -90,6 +90,7 @@ PUBLISHED_CLIPPING = {
     "clip": 0.0,
     "dcl": 0.0,
     "negclip": 0.0,
+    "negclip_vitb32": 0.0,
     "degla": 0.0,
     "degla_vitb32": 0.0,
     "protoclip": 10.0,
@@ -103,7 +104,15 @@ def test_recipes_state_their_papers_optimisation(recipe):
     cfg = load_config(REPO / f"configs/{recipe}.yaml")
     assert cfg.train.grad_clip == PUBLISHED_CLIPPING[recipe]
     assert cfg.data.negative_sampling == ("fixed" if recipe.startswith("degla") else "random")
-    assert cfg.data.neighbours == (recipe == "negclip")  # NegCLIP's hard-negative images
+    assert cfg.data.neighbours == recipe.startswith("negclip")  # NegCLIP's hard-negative images
+    if recipe.endswith("vitb32"):  # fine-tuning OpenAI's ViT-B/32 with the published optimiser
+        t = cfg.train
+        assert (t.lr, t.warmup_steps, t.beta1, t.beta2, t.eps) == (1e-6, 50, 0.9, 0.98, 1e-6)
+        assert t.weight_decay == (0.1 if recipe.startswith("degla") else 0.2) and t.batch_size * 8 == 256
+        assert not (cfg.model.lock_image or cfg.model.lock_text)
+    if recipe == "degla_vitb32":
+        assert cfg.objective.terms == {"negclip": 1.0, "tgc": 0.1, "igc": 0.1, "distill": 0.005}
+        assert cfg.objective.ema_decay == 0.9996 and cfg.data.negatives == 4
     if recipe == "protoclip_rn50_cc3m":
         assert set(cfg.objective.terms) == {"clip", "proto", "proto_external"}
         assert cfg.objective.proto.restarts == 3 and cfg.objective.proto.clusters == 20000

@@ -53,6 +53,14 @@ def test_hand_checks_from_methods():
     negative = unit([0.8, 0, math.sqrt(1 - 0.64)])[:, None, :]
     assert tgc_loss(t, teacher, negative).item() == pytest.approx(0.313262, abs=1e-6)
     assert distill_loss(unit([1, 0]), unit([0.8, 0.6])).item() == pytest.approx(0.4, abs=1e-6)
+    # NegCLIP with a hard-negative image (the twin): METHODS.md's check
+    r = math.sqrt(0.75)
+    e = torch.eye(4)
+    twin = 0.5 * e[0] + r * e[1]
+    images, captions = torch.stack([e[0], twin]), torch.stack([e[0], twin])
+    negatives = torch.stack([0.5 * e[0] + r * e[2], 0.5 * twin + r * e[3]])[:, None]
+    assert negclip_loss(images[:1], captions[:1], negatives[:1], S2).item() == pytest.approx(0.156631, abs=1e-6)
+    assert negclip_loss(images, captions, negatives, S2).item() == pytest.approx(0.492820, abs=1e-6)
     centroids = unit([1, 0], [0.99, 0.141])
     loss = proto_loss(unit([1, 0]), torch.eye(2), centroids, torch.tensor([0]), 1 / 0.07, 0.01)
     assert loss.item() == pytest.approx(3.8420, abs=1e-3)
