@@ -35,6 +35,7 @@ def cmd_shapes(args: argparse.Namespace) -> int:
             zeroshot_per_class=args.zeroshot_per_class,
             compositional_per_type=args.compositional_per_type,
             shard_size=args.shard_size,
+            twins=args.twins,
         )
         summary = generate_world(args.out, cfg, workers=args.workers, overwrite=args.overwrite)
     except (ValueError, FileExistsError) as exn:
@@ -165,6 +166,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--shard-size", type=int, default=1000, help="samples per shard")
     s.add_argument("--workers", type=int, default=None, help="generator processes (default: up to 4)")
     s.add_argument("--overwrite", action="store_true", help="replace an existing, different output directory")
+    s.add_argument(
+        "--no-twins",
+        dest="twins",
+        action="store_false",
+        help="no twin image (neighbour.png, JSON 'neighbour') beside each training sample",
+    )
 
     s = add_command(
         sub, "shards", "write shards from a CSV/TSV/JSONL of (image path, caption[, negatives])", cmd_shards

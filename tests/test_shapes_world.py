@@ -220,3 +220,22 @@ def test_cli_refuses_to_clobber_and_reuses_identical(tmp_path, capsys):
 def test_bad_heldout_is_refused(bad, capsys):
     assert vlp_data(["shapes", "--out", "unused", "--heldout", bad]) == 2
     assert "held-out combination" in capsys.readouterr().err
+
+
+def test_an_older_format_is_regenerated_not_reused(tmp_path):
+    from data_pipelines.sources.shapes.world import FORMAT_VERSION, MANIFEST
+
+    out, logs = tmp_path / "w", []
+    cfg = WorldConfig(train_samples=10, zeroshot_per_class=1, compositional_per_type=1, twins=False)
+    generate_world(out, cfg, workers=1, log=logs.append)
+    manifest = json.loads((out / MANIFEST).read_text())
+    del manifest["config"]["twins"]  # as format 3 wrote it: the option did not exist yet
+    (out / MANIFEST).write_text(json.dumps({**manifest, "format_version": FORMAT_VERSION - 1}))
+    assert not generate_world(out, WorldConfig(**{**cfg.__dict__, "twins": True}), workers=1, log=logs.append).reused
+    assert any("older generator" in m for m in logs)
+    assert json.loads((out / MANIFEST).read_text())["format_version"] == FORMAT_VERSION
+    # Other arguments (here the zero-shot and compositional defaults) are refused, not regenerated.
+    assert vlp_data(["shapes", "--out", str(out), "--train-samples", "10", "--no-twins"]) == 2
+    with pytest.raises(ValueError, match="--no-twins"):
+        WorldConfig(heldout=tuple((c, "star") for c in COLOURS if c != "red")).validate()
+    WorldConfig(heldout=tuple((c, "star") for c in COLOURS if c != "red"), twins=False).validate()

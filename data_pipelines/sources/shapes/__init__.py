@@ -4,7 +4,8 @@ Every scene holds one or two coloured shapes on a lightly noisy background; two-
 carry a spatial relation. Because every caption is derived from a structured scene, the truth is
 known exactly, which makes the world useful for three things at once:
 
-* training data that needs no download (``train/``),
+* training data that needs no download (``train/``), each sample with its *twin*: an image that
+  its caption is exactly false of, carried as the sample's hard-negative neighbour,
 * a zero-shot classification set in CLIP_benchmark's ``wds`` layout (``zeroshot/``), with a split
   of (colour, shape) combinations that never appear in training (``heldout``),
 * SugarCrepe-format compositional probes whose negatives are exactly false (``compositional/``).
@@ -13,7 +14,8 @@ Every sample is drawn from its own generator seeded by ``(seed, split, index)``,
 depend on worker count or order, and the same arguments give byte-identical files.
 
 Modules: :mod:`.scene` (objects, sampling, placement), :mod:`.render` (drawing), :mod:`.captions`
-(captions, exact negatives), :mod:`.samples` (one sample of each split), :mod:`.world` (the files).
+(captions, exact negatives), :mod:`.twins` (twin scenes), :mod:`.samples` (one sample of each split),
+:mod:`.world` (the files).
 """
 
 from .scene import DEFAULT_HELDOUT, parse_heldout

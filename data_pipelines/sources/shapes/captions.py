@@ -99,6 +99,12 @@ def describe(scene: Scene, phrasing: Phrasing) -> str:
     )
 
 
+def reads_same(a: ShapeObject, b: ShapeObject, phrasing: Phrasing) -> bool:
+    """Whether the two objects are described identically in this phrasing (sizes omitted: a small and
+    a large red circle are both "a red circle"); then no caption can tell them apart."""
+    return _noun_phrase(a, phrasing.sizes) == _noun_phrase(b, phrasing.sizes)
+
+
 def _negative_scene(
     scene: Scene, kind: str, phrasing: Phrasing, rng: np.random.Generator, forbidden: frozenset[tuple[str, str]]
 ) -> Scene | None:
@@ -122,10 +128,12 @@ def _negative_scene(
             return None
         return replace(scene, objects=(replace(a, shape=b.shape), replace(b, shape=a.shape)))
     if kind == ntypes.REPLACE_RELATION:
+        if reads_same(objs[0], objs[1], phrasing):
+            return None  # "a red circle left of a red circle" flipped is true of the same image
         return replace(scene, relation=INVERSE_RELATION[scene.relation])
     if kind == ntypes.RESHUFFLE_ORDER:
         a, b = objs
-        if describe(Scene((a,)), Phrasing(0, phrasing.sizes)) == describe(Scene((b,)), Phrasing(0, phrasing.sizes)):
+        if reads_same(a, b, phrasing):
             return None  # the two objects read the same: reordering changes nothing
         return replace(scene, objects=(b, a))
     i = int(rng.integers(len(objs)))

@@ -2,28 +2,79 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Sequence
 from dataclasses import replace
 
+import numpy as np
+
 from .captions import describe, negatives, sample_phrasing, scene_record
 from .render import png_bytes, render
-from .scene import INVERSE_RELATION, Scene, ShapeObject, all_combos, place, sample_rng, sample_scene
+from .scene import (
+    INVERSE_RELATION,
+    ORDER_STREAM,
+    TWIN_STREAM,
+    Scene,
+    ShapeObject,
+    all_combos,
+    place,
+    sample_rng,
+    sample_scene,
+)
+from .twins import twin
+
+NEIGHBOUR_MEMBER = "neighbour.png"
 
 
-def train_sample(seed: int, index: int, image_size: int, combos: Sequence[tuple[str, str]], p_single: float) -> dict:
-    """One training sample as tar members: png, txt, json. No combination outside ``combos``
-    appears in its image, caption or negatives."""
+def train_key(index: int) -> str:
+    return f"{index:08d}"
+
+
+def twin_key(index: int) -> str:
+    return f"{train_key(index)}-twin"
+
+
+def _shuffled(items: list, rng: np.random.Generator) -> list:
+    return [items[int(i)] for i in rng.permutation(len(items))]
+
+
+def train_sample(
+    seed: int,
+    index: int,
+    image_size: int,
+    combos: Sequence[tuple[str, str]],
+    p_single: float,
+    twins: bool = False,
+) -> dict:
+    """One training sample as tar members: png, txt, json (and with ``twins``, ``neighbour.png`` and
+    the JSON's ``neighbour``). No combination outside ``combos`` appears in its images, captions or
+    negatives. The negatives come in a per-sample seeded order, so the first K are not always the same
+    K types."""
     rng = sample_rng(seed, "train", index)
+    forbidden = frozenset(all_combos()) - set(combos)
     scene = sample_scene(rng, combos, image_size, p_single)
     phrasing = sample_phrasing(rng, scene)
-    record = scene_record(scene, phrasing, rng, forbidden=frozenset(all_combos()) - set(combos))
-    image = render(scene, image_size, rng)
-    return {
-        "png": png_bytes(image),
-        "txt": record["caption"].encode(),
-        "json": json.dumps(record, sort_keys=True).encode(),
-    }
+    record = scene_record(scene, phrasing, rng, forbidden=forbidden)
+    record["negatives"] = _shuffled(record["negatives"], sample_rng(seed, "train", index, ORDER_STREAM))
+    render_rng = copy.deepcopy(rng)  # the generator as the original's drawing starts
+    members = {"png": png_bytes(render(scene, image_size, rng)), "txt": record["caption"].encode()}
+    if twins:
+        # The twin's choices come from its own stream; it is drawn with the original's background,
+        # noise and colour jitter, so the two images differ only where the scenes do.
+        twin_rng = sample_rng(seed, "train", index, TWIN_STREAM)
+        other, kind = twin(scene, phrasing, twin_rng, image_size, forbidden)
+        negs = _shuffled(negatives(other, phrasing, twin_rng, forbidden=forbidden), twin_rng)
+        members[NEIGHBOUR_MEMBER] = png_bytes(render(other, image_size, render_rng))
+        record["neighbour"] = {
+            "key": twin_key(index),
+            "caption": describe(other, phrasing),
+            "negatives": negs,
+            "twin": kind,
+            **other.to_json(),
+        }
+    members["json"] = json.dumps(record, sort_keys=True).encode()
+    return members
 
 
 def zeroshot_sample(seed: int, split: str, index: int, image_size: int, combo: tuple[str, str], label: int) -> dict:

@@ -75,8 +75,14 @@ def parse_heldout(text: str) -> tuple[tuple[str, str], ...]:
     return tuple(pairs)
 
 
-def sample_rng(seed: int, split: str, index: int) -> np.random.Generator:
-    return np.random.default_rng([seed, _SPLIT_CODES[split], index])
+# Further, independent streams of a sample (stream 0 is the sample's own, unchanged since format 1):
+# drawing a twin or ordering the negatives must not shift what the sample itself draws.
+TWIN_STREAM = 1
+ORDER_STREAM = 2
+
+
+def sample_rng(seed: int, split: str, index: int, stream: int = 0) -> np.random.Generator:
+    return np.random.default_rng([seed, _SPLIT_CODES[split], index, *([stream] if stream else [])])
 
 
 def _side(size: str, image_size: int) -> int:

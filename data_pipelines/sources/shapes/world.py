@@ -3,7 +3,8 @@
 Layout of ``OUT``::
 
     shapes_world.json                 manifest: arguments, counts, class names, held-out pairs
-    train/train-000000.tar ...        {key}.png, {key}.txt, {key}.json (scene + exact negatives)
+    train/train-000000.tar ...        {key}.png, {key}.txt, {key}.json (scene + exact negatives) and,
+                                      with twins, {key}.neighbour.png (its twin; JSON "neighbour")
     train/sizes.json
     zeroshot/classnames.txt           CLIP_benchmark's local ``wds`` layout (--dataset wds/shapes)
     zeroshot/zeroshot_classification_templates.txt
@@ -28,11 +29,13 @@ from ...shards.atomic import publish_dir, staging_dir, write_json_atomic
 from ...shards.writer import ShardSink
 from ...workers import map_in_pool
 from .captions import NEGATIVE_TYPES, SUGARCREPE_TYPES, ZEROSHOT_TEMPLATES, classname
-from .samples import compositional_example, train_sample, zeroshot_sample
-from .scene import DEFAULT_HELDOUT, all_combos
+from .samples import compositional_example, train_key, train_sample, zeroshot_sample
+from .scene import COLOURS, DEFAULT_HELDOUT, SHAPES, all_combos
 
 MANIFEST = "shapes_world.json"
-FORMAT_VERSION = 3
+# 4: replace_relation only where the two objects read differently (negatives and probes exactly
+# false), negatives in a per-sample seeded order, twins (neighbour.png).
+FORMAT_VERSION = 4
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,7 @@ class WorldConfig:
     zeroshot_per_class: int = 20
     compositional_per_type: int = 300
     shard_size: int = 1000
+    twins: bool = True  # every training sample carries its twin (see .twins) as its neighbour
 
     def validate(self) -> None:
         if self.train_samples < 1:
@@ -55,6 +59,14 @@ class WorldConfig:
             raise ValueError("every (colour, shape) combination is held out; nothing is left to train on")
         if not 0.0 <= self.p_single <= 1.0:
             raise ValueError(f"p_single must be within [0, 1], got {self.p_single}")
+        if self.twins:
+            heldout = set(self.heldout)
+            lone = [s for s in SHAPES if sum((c, s) not in heldout for c in COLOURS) == 1]
+            if lone:
+                raise ValueError(
+                    f"--heldout leaves {', '.join(lone)} a single colour, so a one-{lone[0]} scene has no twin "
+                    "(another colour); hold out fewer combinations or pass --no-twins"
+                )
 
 
 @dataclass
@@ -73,11 +85,13 @@ def _map(fn: Callable, items: Sequence, workers: int) -> Iterator:
 
 def _write_train(out: Path, cfg: WorldConfig, workers: int, log: Callable[[str], None]) -> int:
     combos = [c for c in all_combos() if c not in set(cfg.heldout)]
-    fn = functools.partial(train_sample, cfg.seed, image_size=cfg.image_size, combos=combos, p_single=cfg.p_single)
+    fn = functools.partial(
+        train_sample, cfg.seed, image_size=cfg.image_size, combos=combos, p_single=cfg.p_single, twins=cfg.twins
+    )
     step = max(1, cfg.train_samples // 10)
     with ShardSink(out / "train", pattern="train-{:06d}.tar", shard_size=cfg.shard_size) as sink:
         for i, members in enumerate(_map(fn, range(cfg.train_samples), workers)):
-            sink.write(f"{i:08d}", members)
+            sink.write(train_key(i), members)
             if (i + 1) % step == 0 or i + 1 == cfg.train_samples:
                 log(f"  train: {i + 1}/{cfg.train_samples} samples")
     return cfg.train_samples
@@ -169,8 +183,7 @@ def generate_world(
         if existing is not None and {k: existing.get(k) for k in wanted} == wanted:
             log(f"shapes world already present at {out} (same configuration); reusing it")
             return WorldSummary(str(out), existing.get("counts", {}), 0.0, reused=True)
-        stale = existing is not None and existing.get("format_version") != FORMAT_VERSION
-        if stale and existing.get("config") == wanted["config"]:
+        if existing is not None and _older_with_same_arguments(existing, wanted["config"]):
             log(f"{out} was made by an older generator (format {existing.get('format_version')}); regenerating it")
         elif not overwrite:
             raise FileExistsError(
@@ -208,6 +221,15 @@ def _config_json(cfg: WorldConfig) -> dict:
     d = asdict(cfg)
     d["heldout"] = [list(p) for p in cfg.heldout]
     return d
+
+
+def _older_with_same_arguments(existing: dict, config: dict) -> bool:
+    """A world of an older format made with these arguments: options added since (absent from its
+    config) could not have been given, so they do not count as a difference."""
+    version, old = existing.get("format_version"), existing.get("config")
+    if not isinstance(version, int) or version >= FORMAT_VERSION or not isinstance(old, dict):
+        return False
+    return set(old) <= set(config) and all(config[k] == v for k, v in old.items())
 
 
 def _read_manifest(out: Path) -> dict | None:
