@@ -81,6 +81,7 @@ def cmd_peek(args: argparse.Namespace) -> int:
             num_negatives=args.negatives,
             mode=args.mode,
             seed=args.seed,
+            neighbours=args.neighbours,
         )
         start = time.perf_counter()
         seen = 0
@@ -210,6 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--negatives", type=int, default=0, help="hard negatives per sample (K)")
     s.add_argument("--mode", choices=("split", "resampled"), default="split")
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--neighbours", action="store_true", help="also load each sample's neighbour (hard-negative image)")
     return p
 
 

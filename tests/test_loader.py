@@ -130,8 +130,12 @@ def test_workers_run_at_the_niceness_asked(world, preprocess, tokenizer):
         loader(world / "train", preprocess, tokenizer, worker_nice=-1)
 
 
-@pytest.mark.parametrize("num_workers,consumed", [(0, 7), (2, 9), (3, 4), (2, 35)])
-def test_resume_mid_epoch_yields_exactly_the_rest(world, train_preprocess, tokenizer, num_workers, consumed):
+@pytest.mark.parametrize(
+    "num_workers,consumed,neighbours", [(0, 7, False), (2, 9, False), (3, 4, False), (2, 35, False), (2, 30, True)]
+)
+def test_resume_mid_epoch_yields_exactly_the_rest(
+    world, train_preprocess, tokenizer, num_workers, consumed, neighbours
+):
     # 8 shards on 3 workers is uneven; 35 batches of 16 cross into the second epoch (25 per epoch).
     def make():
         return loader(
@@ -142,6 +146,8 @@ def test_resume_mid_epoch_yields_exactly_the_rest(world, train_preprocess, token
             epochs=2,
             batch_size=16,
             shuffle_buffer=100,
+            neighbours=neighbours,
+            num_negatives=2 if neighbours else 0,
         )
 
     full = list(make())
@@ -155,7 +161,8 @@ def test_resume_mid_epoch_yields_exactly_the_rest(world, train_preprocess, token
     rest = list(resumed)
     assert keys_of(rest) == keys_of(full[consumed:])
     for a, b in zip(rest, full[consumed:], strict=True):
-        assert torch.equal(a["image"], b["image"])
+        assert a.keys() == b.keys() and ("neighbour_image" in a) == neighbours
+        assert all(torch.equal(a[k], b[k]) for k in a if isinstance(a[k], torch.Tensor))
     with pytest.raises(DataPipelineError, match="num_workers"):
         loader(world / "train", train_preprocess, tokenizer, num_workers=num_workers + 1).load_state_dict(state)
 

@@ -11,6 +11,11 @@ Two modes:
 Everything random is seeded from ``(seed, epoch, rank, worker)`` (the sample shuffle) or from the
 sample itself (augmentation, caption and negative choice), so runs are reproducible.
 
+Options: ``negative_sampling`` (``random`` K of a sample's negatives per epoch, or the ``fixed`` first
+K), and ``neighbours``: each sample's hard-negative image (a ``neighbour.<ext>`` member and the JSON
+``neighbour`` object: ``{"key", "caption", "negatives"}``, written by the shapes world's twins or by
+``vlp-data neighbours``) comes in the same batch row.
+
 Exact mid-epoch resume: each worker numbers the raw samples leaving its shuffle buffer; every batch
 carries that position. :meth:`StreamingLoader.state_dict` records, per worker, the position of the
 last batch the caller received, and which worker serves next. On resume each worker replays its
@@ -18,7 +23,8 @@ last batch the caller received, and which worker serves next. On resume each wor
 rotated so the DataLoader's round-robin continues where it stopped.
 """
 
+from .decode import NEGATIVE_SAMPLING
 from .loader import StreamingLoader
 from .stream import MODES, DataPipelineError
 
-__all__ = ["MODES", "DataPipelineError", "StreamingLoader"]
+__all__ = ["MODES", "NEGATIVE_SAMPLING", "DataPipelineError", "StreamingLoader"]

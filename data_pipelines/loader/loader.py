@@ -15,6 +15,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..shards.specs import parse_sources
+from .decode import NEGATIVE_SAMPLING
 from .stream import MODES, DataPipelineError, ShardStream
 
 log = logging.getLogger("data_pipelines")
@@ -40,7 +41,9 @@ class StreamingLoader:
 
     Batches are dicts: ``image`` (B×3×H×W), ``text`` (B×L token ids), ``key`` (list of sample keys)
     and, when ``num_negatives`` = K > 0, ``neg_text`` (B×K×L) with ``neg_mask`` (B×K, True where a
-    sample had that many negatives).
+    sample had that many negatives). With ``neighbours``, also the neighbour's (hard-negative image's)
+    ``neighbour_image`` (B×3×H×W), ``neighbour_text`` (B×L), ``neighbour_key`` and, when K > 0,
+    ``neighbour_neg_text`` (B×K×L) with ``neighbour_neg_mask`` (B×K).
 
     Args:
         spec: shard spec(s), see :mod:`data_pipelines.shards.specs`; several sources joined by ``::``.
@@ -54,7 +57,12 @@ class StreamingLoader:
             when ``sizes.json`` knows it, else 1000 per shard).
         drop_last: drop each worker's last partial batch (keeps batch shapes equal across ranks).
         max_consecutive_skips: a worker that skips this many samples in a row stops the run.
+        negative_sampling: ``random`` (K of a sample's negatives drawn afresh each epoch) or ``fixed``
+            (the first K, after the ``negative_types`` filter, in every epoch: DeGLA's data).
         captions: also return the caption strings (``caption``), e.g. for an external text teacher.
+        neighbours: also return each sample's neighbour: the ``neighbour.<ext>`` member, preprocessed
+            like ``image`` with a seed of its own, and the JSON ``neighbour``'s caption and negatives
+            (sampled like the sample's). A sample without one is skipped (``missing_neighbour``).
         worker_nice: added to the workers' niceness (0-19). When training on the CPU, workers that
             yield to the compute threads keep a step's parallel regions from stalling on a
             preempted thread; the scheduler still gives them every idle cycle.
@@ -83,11 +91,15 @@ class StreamingLoader:
         prefetch_factor: int = 2,
         captions: bool = False,
         worker_nice: int = 0,
+        negative_sampling: str = "random",
+        neighbours: bool = False,
     ):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
+        if negative_sampling not in NEGATIVE_SAMPLING:
+            raise ValueError(f"negative_sampling must be one of {NEGATIVE_SAMPLING}, got {negative_sampling!r}")
         if not 0 <= worker_nice <= 19:
             raise ValueError(f"worker_nice must be in 0..19, got {worker_nice}")
         if num_workers < 0 or num_negatives < 0:
@@ -140,6 +152,8 @@ class StreamingLoader:
             batches_per_worker=batches_per_worker,
             max_consecutive_skips=max_consecutive_skips,
             captions=captions,
+            negative_sampling=negative_sampling,
+            neighbours=neighbours,
         )
         self._reset_epoch(0)
         self._skipped_done: dict[str, int] = {}

@@ -1,26 +1,24 @@
 """One rank's stream of batches (an ``IterableDataset``, iterated inside DataLoader workers).
 
-Which shards a worker reads (split or resampled), the shuffle buffer, turning raw samples into
-(pixels, caption, negatives) with per-sample seeds, and the batches, each tagged with the worker's
-position in its raw stream so that :class:`~data_pipelines.loader.StreamingLoader` can resume exactly.
+Which shards a worker reads (split or resampled), the shuffle buffer, and the batches (samples decoded
+by :mod:`.decode`), each tagged with the worker's position in its raw stream so that
+:class:`~data_pipelines.loader.StreamingLoader` can resume exactly.
 """
 
 from __future__ import annotations
 
-import contextlib
 import random
-import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import torch
 import webdataset as wds
 from torch.utils.data import IterableDataset, get_worker_info
 
-from ..shards.reader import SkipCounter, SkipSample, caption, decode_image, iter_shard, metadata, negative_texts
+from ..shards.reader import SkipCounter, SkipSample, iter_shard
 from ..shards.specs import Source, shard_name
-from .transforms import split_transform
+from .decode import SampleDecoder
+from .decode import stable_seed as _seed
 
 MODES = ("split", "resampled")
 # Shard draws in a row that give no sample before resampled mode gives up.
@@ -29,12 +27,6 @@ MAX_EMPTY_SHARD_DRAWS = 50
 
 class DataPipelineError(RuntimeError):
     """The pipeline cannot deliver data (everything filtered, no shards for a rank, bad state)."""
-
-
-def _seed(*parts: Any) -> int:
-    """A stable 64-bit seed from any parts (Python's hash() is salted per process)."""
-    text = "\x1f".join(str(p) for p in parts).encode()
-    return zlib.crc32(text) << 32 | zlib.adler32(text)
 
 
 @dataclass
@@ -66,20 +58,21 @@ class ShardStream(IterableDataset):
         batches_per_worker: int | None,
         max_consecutive_skips: int,
         captions: bool = False,
+        negative_sampling: str = "random",
+        neighbours: bool = False,
     ):
         self.sources = list(sources)
-        self.captions = captions
         self.mode = mode
-        self.transform = split_transform(preprocess)
-        self.tokenizer = tokenizer
+        self.decoder = SampleDecoder(
+            preprocess, tokenizer, num_negatives, negative_types, negative_sampling, neighbours, captions
+        )
+        self.transform = self.decoder.transform
         self.batch_size = batch_size
         self.rank = rank
         self.world_size = world_size
         self.num_workers = num_workers
         self.seed = seed
         self.shuffle_buffer = shuffle_buffer
-        self.num_negatives = num_negatives
-        self.negative_types = negative_types
         self.drop_last = drop_last
         self.batches_per_worker = batches_per_worker
         self.max_consecutive_skips = max_consecutive_skips
@@ -126,41 +119,6 @@ class ShardStream(IterableDataset):
         where = () if self.mode == "split" else (self.rank, worker, pos)
         return _seed("sample", self.seed, self.epoch, shard_name(sample["__url__"]), sample["__key__"], *where)
 
-    def _decode(self, sample: dict, seed: int, in_worker: bool) -> tuple[Any, str, list[str]]:
-        rng = random.Random(seed)
-        # The JSON member is parsed only when it is needed (negatives, or no .txt caption).
-        meta = metadata(sample) if self.num_negatives or "txt" not in sample else {}
-        text = caption(sample, meta, rng)
-        negs: list[str] = []
-        if self.num_negatives:
-            negs = negative_texts(meta, sample, self.negative_types)
-            if len(negs) > self.num_negatives:
-                negs = rng.sample(negs, self.num_negatives)
-        image = decode_image(sample)
-        # Augmentations draw from torch's global generator: seed it per sample, so a sample's
-        # augmentation does not depend on what was decoded before it (or skipped on resume). A
-        # worker process owns its generator; in the trainer's process it is saved and restored.
-        with contextlib.nullcontext() if in_worker else torch.random.fork_rng(devices=[]):
-            torch.default_generator.manual_seed(seed & 0x7FFF_FFFF_FFFF_FFFF)
-            pixels = self.transform.per_sample(image)
-        return pixels, text, negs
-
-    def _collate(self, items: list[tuple[Any, str, list[str], str]]) -> dict[str, Any]:
-        batch: dict[str, Any] = {
-            "image": self.transform.per_batch([it[0] for it in items]),
-            "text": self.tokenizer([it[1] for it in items]),
-            "key": [it[3] for it in items],
-        }
-        if self.captions:
-            batch["caption"] = [it[1] for it in items]
-        if self.num_negatives:
-            k = self.num_negatives
-            flat = [(negs[j] if j < len(negs) else "") for _, _, negs, _ in items for j in range(k)]
-            tokens = self.tokenizer(flat)
-            batch["neg_text"] = tokens.view(len(items), k, -1)
-            batch["neg_mask"] = torch.tensor([[j < len(negs) for j in range(k)] for _, _, negs, _ in items])
-        return batch
-
     def __iter__(self) -> Iterator[tuple[dict[str, Any], _BatchMeta]]:
         info = get_worker_info()
         physical, workers = (info.id, info.num_workers) if info is not None else (0, 1)
@@ -180,7 +138,7 @@ class ShardStream(IterableDataset):
             if pos <= start:
                 continue  # consumed before the checkpoint: replayed for the shuffle state, not decoded
             try:
-                pixels, text, negs = self._decode(sample, self._sample_seed(sample, worker, pos), info is not None)
+                item = self.decoder.decode(sample, self._sample_seed(sample, worker, pos), info is not None)
             except SkipSample as skip:
                 counter.add(skip.reason, skip.detail)
                 bad_in_a_row += 1
@@ -188,19 +146,24 @@ class ShardStream(IterableDataset):
                     raise DataPipelineError(
                         f"rank {self.rank} worker {worker}: {bad_in_a_row} samples in a row were skipped "
                         f"({counter.as_dict()}); the shards do not match what the loader expects "
-                        "(an image member jpg/jpeg/png/webp and a caption in .txt or .json)"
+                        "(an image member jpg/jpeg/png/webp and a caption in .txt or .json"
+                        + (
+                            ", and a neighbour.<ext> member with a 'neighbour' object in the .json)"
+                            if self.decoder.neighbours
+                            else ")"
+                        )
                     ) from None
                 continue
             bad_in_a_row = 0
-            items.append((pixels, text, negs, sample["__key__"]))
+            items.append(item)
             if len(items) == self.batch_size:
-                yield self._collate(items), _BatchMeta(worker, pos, counter.as_dict())
+                yield self.decoder.collate(items), _BatchMeta(worker, pos, counter.as_dict())
                 items = []
                 batches += 1
                 if self.batches_per_worker is not None and batches >= self.batches_per_worker:
                     return
         if items and not self.drop_last:
-            yield self._collate(items), _BatchMeta(worker, pos, counter.as_dict())
+            yield self.decoder.collate(items), _BatchMeta(worker, pos, counter.as_dict())
         elif pos > 0 or counter.counts:
             # The last, dropped partial batch still moves the position past the end of the stream.
             yield None, _BatchMeta(worker, pos, counter.as_dict())

@@ -28,6 +28,7 @@ IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
 MISSING_IMAGE = "missing_image"
 CORRUPT_IMAGE = "corrupt_image"
 MISSING_CAPTION = "missing_caption"
+MISSING_NEIGHBOUR = "missing_neighbour"  # asked for a neighbour: no neighbour.<ext> member or JSON field
 BAD_JSON = "bad_json"
 BAD_NEGATIVES = "bad_negatives"
 UNREADABLE_SHARD = "unreadable_shard"
@@ -132,17 +133,18 @@ def iter_shard(url: str, counter: SkipCounter) -> Iterator[dict]:
                 counter.add(UNREADABLE_SHARD, f"{url}: {exn}")
 
 
-def image_member(sample: dict) -> tuple[str, bytes]:
+def image_member(sample: dict, prefix: str = "", missing: str = MISSING_IMAGE) -> tuple[str, bytes]:
+    """The first of ``{prefix}jpg``, ``{prefix}jpeg``, ... that the sample has, else SkipSample(``missing``)."""
     for ext in IMAGE_EXTENSIONS:
-        data = sample.get(ext)
+        data = sample.get(prefix + ext)
         if data is not None:
-            return ext, data
+            return prefix + ext, data
     where = f"{sample.get('__key__')} in {sample.get('__url__')}"
-    raise SkipSample(MISSING_IMAGE, f"{where} has no {'/'.join(IMAGE_EXTENSIONS)} member")
+    raise SkipSample(missing, f"{where} has no {prefix}{'/'.join(IMAGE_EXTENSIONS)} member")
 
 
-def decode_image(sample: dict) -> Image.Image:
-    ext, data = image_member(sample)
+def decode_image(sample: dict, prefix: str = "", missing: str = MISSING_IMAGE) -> Image.Image:
+    ext, data = image_member(sample, prefix, missing)
     where = f"{sample.get('__key__')}.{ext} in {sample.get('__url__')}"
     try:
         return open_rgb(data, where)
@@ -181,8 +183,22 @@ def caption(sample: dict, meta: dict, rng: random.Random | None = None) -> str:
     return text
 
 
+def neighbour_field(sample: dict, meta: dict) -> dict:
+    """The JSON ``neighbour`` ({"key", "caption", "negatives"}), checked; its image is the sample's
+    ``neighbour.<ext>`` member. Anything missing or malformed is SkipSample(``missing_neighbour``)."""
+    field = meta.get("neighbour")
+    where = f"{sample.get('__key__')} in {sample.get('__url__')}"
+    if not isinstance(field, dict):
+        raise SkipSample(MISSING_NEIGHBOUR, f"{where} has no 'neighbour' object in its .json")
+    text = field.get("caption")
+    if not isinstance(text, str) or not text.strip():
+        raise SkipSample(MISSING_NEIGHBOUR, f"{where}: 'neighbour' has no caption string")
+    return field
+
+
 def negative_texts(meta: dict, sample: dict, types: Sequence[str] | None = None) -> list[str]:
-    """Hard-negative captions from the JSON ``negatives`` list (strings or ``{"text", "type"}``)."""
+    """Hard-negative captions from the ``negatives`` list of ``meta`` (strings or ``{"text", "type"}``),
+    in their stored order; ``meta`` is the sample's JSON or its ``neighbour`` object."""
     negs = meta.get("negatives", [])
     if not isinstance(negs, list):
         raise SkipSample(BAD_NEGATIVES, f"{sample.get('__key__')}: 'negatives' is not a list")

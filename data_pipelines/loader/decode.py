@@ -1,0 +1,131 @@
+"""One raw sample to (pixels, caption, negatives[, neighbour]) with per-sample seeds, and a list of those
+to a batch. Everything random here is drawn from the sample's own seed, so it does not depend on what
+was decoded before (or skipped on resume)."""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import zlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ..shards.reader import MISSING_NEIGHBOUR, caption, decode_image, metadata, negative_texts, neighbour_field
+from .transforms import split_transform
+
+# "random": K of a sample's negatives drawn afresh every epoch; "fixed": its first K, every epoch.
+NEGATIVE_SAMPLING: tuple[str, ...] = ("random", "fixed")
+NEIGHBOUR_PREFIX = "neighbour."  # the neighbour's image member: neighbour.png, neighbour.jpg, ...
+
+
+def stable_seed(*parts: Any) -> int:
+    """A stable 64-bit seed from any parts (Python's hash() is salted per process)."""
+    text = "\x1f".join(str(p) for p in parts).encode()
+    return zlib.crc32(text) << 32 | zlib.adler32(text)
+
+
+@dataclass
+class View:
+    """What one image of a batch row contributes: preprocessed pixels, a caption and its negatives."""
+
+    pixels: Any
+    text: str
+    negs: list[str]
+    key: str
+
+
+@dataclass
+class Item:
+    own: View
+    neighbour: View | None = None
+
+
+class SampleDecoder:
+    def __init__(
+        self,
+        preprocess: Callable,
+        tokenizer: Callable,
+        num_negatives: int,
+        negative_types: Sequence[str] | None,
+        negative_sampling: str = "random",
+        neighbours: bool = False,
+        captions: bool = False,
+    ):
+        if negative_sampling not in NEGATIVE_SAMPLING:
+            raise ValueError(f"negative_sampling must be one of {NEGATIVE_SAMPLING}, got {negative_sampling!r}")
+        self.transform = split_transform(preprocess)
+        self.tokenizer = tokenizer
+        self.num_negatives = num_negatives
+        self.negative_types = negative_types
+        self.negative_sampling = negative_sampling
+        self.neighbours = neighbours
+        self.captions = captions
+
+    def _negatives(self, meta: dict, sample: dict, rng: random.Random) -> list[str]:
+        if not self.num_negatives:
+            return []
+        negs = negative_texts(meta, sample, self.negative_types)
+        if len(negs) > self.num_negatives:
+            negs = (
+                negs[: self.num_negatives]
+                if self.negative_sampling == "fixed"
+                else rng.sample(negs, self.num_negatives)
+            )
+        return negs
+
+    def _pixels(self, image: Any, seed: int, in_worker: bool) -> Any:
+        # Augmentations draw from torch's global generator: seed it per image, so an image's
+        # augmentation does not depend on what was decoded before it (or skipped on resume). A
+        # worker process owns its generator; in the trainer's process it is saved and restored.
+        with contextlib.nullcontext() if in_worker else torch.random.fork_rng(devices=[]):
+            torch.default_generator.manual_seed(seed & 0x7FFF_FFFF_FFFF_FFFF)
+            return self.transform.per_sample(image)
+
+    def decode(self, sample: dict, seed: int, in_worker: bool) -> Item:
+        """Raises SkipSample (with its reason) for anything that cannot be used."""
+        rng = random.Random(seed)
+        # The JSON member is parsed only when it is needed (negatives, neighbour, or no .txt caption).
+        meta = metadata(sample) if self.num_negatives or self.neighbours or "txt" not in sample else {}
+        text = caption(sample, meta, rng)
+        negs = self._negatives(meta, sample, rng)
+        neighbour = None
+        if self.neighbours:  # checked before any image is decoded: a sample without one is skipped cheaply
+            field = neighbour_field(sample, meta)
+            n_negs = self._negatives(field, sample, rng)
+            n_image = decode_image(sample, NEIGHBOUR_PREFIX, MISSING_NEIGHBOUR)
+        own = View(self._pixels(decode_image(sample), seed, in_worker), text, negs, sample["__key__"])
+        if self.neighbours:
+            n_pixels = self._pixels(n_image, stable_seed(seed, "neighbour"), in_worker)
+            neighbour = View(n_pixels, field["caption"].strip(), n_negs, str(field.get("key", "")))
+        return Item(own, neighbour)
+
+    def _negative_tokens(self, negs: list[list[str]]) -> tuple[torch.Tensor, torch.Tensor]:
+        k = self.num_negatives
+        flat = [(n[j] if j < len(n) else "") for n in negs for j in range(k)]
+        tokens = self.tokenizer(flat).view(len(negs), k, -1)
+        return tokens, torch.tensor([[j < len(n) for j in range(k)] for n in negs])
+
+    def collate(self, items: list[Item]) -> dict[str, Any]:
+        own = [it.own for it in items]
+        batch: dict[str, Any] = {
+            "image": self.transform.per_batch([v.pixels for v in own]),
+            "text": self.tokenizer([v.text for v in own]),
+            "key": [v.key for v in own],
+        }
+        if self.captions:
+            batch["caption"] = [v.text for v in own]
+        if self.num_negatives:
+            batch["neg_text"], batch["neg_mask"] = self._negative_tokens([v.negs for v in own])
+        if self.neighbours:
+            nbs = [it.neighbour for it in items]
+            batch["neighbour_image"] = self.transform.per_batch([v.pixels for v in nbs])
+            batch["neighbour_text"] = self.tokenizer([v.text for v in nbs])
+            batch["neighbour_key"] = [v.key for v in nbs]
+            if self.captions:
+                batch["neighbour_caption"] = [v.text for v in nbs]
+            if self.num_negatives:
+                batch["neighbour_neg_text"], batch["neighbour_neg_mask"] = self._negative_tokens([v.negs for v in nbs])
+        return batch
