@@ -3,14 +3,16 @@ or an architecture JSON file of ours."""
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import open_clip
 import torch
+
+# Defined with the data side (which embeds images with any model, too); imported from here by vlp.
+from data_pipelines.models import register_architecture
+
+__all__ = ["LoadedModel", "ModelError", "load_model", "register_architecture"]
 
 
 class ModelError(ValueError):
@@ -24,25 +26,6 @@ class LoadedModel:
     tokenizer: Callable
     spec: str
     pretrained: str
-
-
-def register_architecture(path: str | os.PathLike) -> str:
-    """Make an architecture file (e.g. configs/models/*.json) known to open_clip under its file stem.
-
-    Returns the model name to pass to open_clip. Raises ValueError, naming the file, when it does not
-    exist or is not a JSON object.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"model architecture file {path} does not exist")
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exn:
-        raise ValueError(f"model architecture file {path} is not valid JSON ({exn})") from None
-    if not isinstance(config, dict):
-        raise ValueError(f"model architecture file {path} must hold a JSON object")
-    open_clip.add_model_config(path)
-    return path.stem
 
 
 def load_model(spec: str, pretrained: str = "", device: str | torch.device = "cpu") -> LoadedModel:

@@ -110,7 +110,7 @@ def test_stats_counts_samples_skips_and_caption_lengths(tmp_path, capsys):
     assert stats["skipped"] == {"corrupt_image": 1, "missing_caption": 1, "unreadable_shard": 1}
     words = stats["caption_words"]
     assert words["p50"] == 2 and words["max"] == 7 and words["mean"] == round((24 * 2 + 7) / 25, 3)
-    assert stats["image_formats"] == {"png": 25}
+    assert stats["image_formats"] == {"png": 25} and stats["samples_with_neighbour"] == 0
     brace = str(tmp_path / "shard-{000000..000001}.tar")
     assert vlp_data(["stats", brace, "--workers", "1"]) == 0
     assert json.loads(capsys.readouterr().out)["samples"] == 20
@@ -123,3 +123,4 @@ def test_stats_on_the_shapes_world(world, capsys):
     stats = json.loads(capsys.readouterr().out)
     assert stats["samples"] == 400 and stats["shards"] == 8 and stats["skipped"] == {}
     assert stats["negatives"]["samples_with_negatives"] == 400
+    assert stats["samples_with_neighbour"] == 400  # every sample's twin

@@ -1,4 +1,5 @@
-"""What a set of shards holds: samples, shards, skipped samples by reason, caption lengths."""
+"""What a set of shards holds: samples, shards, skipped samples by reason, caption lengths, negatives and
+neighbours."""
 
 from __future__ import annotations
 
@@ -9,7 +10,17 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from ..workers import map_in_pool
-from .reader import SkipCounter, SkipSample, caption, decode_image, image_member, iter_shard, metadata, negative_texts
+from .reader import (
+    IMAGE_EXTENSIONS,
+    SkipCounter,
+    SkipSample,
+    caption,
+    decode_image,
+    image_member,
+    iter_shard,
+    metadata,
+    negative_texts,
+)
 from .specs import parse_sources
 
 PERCENTILES = (5, 25, 50, 75, 95)
@@ -21,7 +32,7 @@ def _one_shard(url: str) -> dict:
     chars: Counter[int] = Counter()
     formats: Counter[str] = Counter()
     negs: Counter[int] = Counter()
-    samples = 0
+    samples = neighbours = 0
     for sample in iter_shard(url, counter):
         try:
             meta = metadata(sample)
@@ -36,6 +47,10 @@ def _one_shard(url: str) -> dict:
         chars[len(text)] += 1
         formats[image_member(sample)[0]] += 1
         negs[n_neg] += 1
+        # The loader's neighbours=True needs both (see data_pipelines.neighbours).
+        neighbours += isinstance(meta.get("neighbour"), dict) and any(
+            f"neighbour.{e}" in sample for e in IMAGE_EXTENSIONS
+        )
     return {
         "samples": samples,
         "skipped": counter.counts,
@@ -43,6 +58,7 @@ def _one_shard(url: str) -> dict:
         "chars": chars,
         "formats": formats,
         "negs": negs,
+        "neighbours": neighbours,
     }
 
 
@@ -76,6 +92,7 @@ def shard_stats(
         chars.update(r["chars"])
         formats.update(r["formats"])
         negs.update(r["negs"])
+        total["with_neighbour"] += r["neighbours"]
         if progress:
             progress(i + 1, len(urls))
     with_negs = sum(v for k, v in negs.items() if k > 0)
@@ -88,6 +105,7 @@ def shard_stats(
         "caption_chars": _summary(chars),
         "image_formats": dict(sorted(formats.items())),
         "negatives": {"samples_with_negatives": with_negs, "per_sample": _summary(negs)},
+        "samples_with_neighbour": total["with_neighbour"],
     }
 
 
