@@ -121,12 +121,13 @@ def test_a_neighbour_is_augmented_with_its_own_seed(tmp_path, train_preprocess, 
     write_shards(tmp_path, samples, shard_size=8)
 
     def run():
-        return list(loader(tmp_path, train_preprocess, tokenizer, neighbours=True, num_workers=2, epochs=1))
+        return list(loader(tmp_path, train_preprocess, tokenizer, neighbours=True, num_workers=2, captions=True))
 
     a, b = run(), run()
     for x, y in zip(a, b, strict=True):
         assert torch.equal(x["neighbour_image"], y["neighbour_image"]) and torch.equal(x["image"], y["image"])
         assert not torch.equal(x["neighbour_image"], x["image"])  # another crop of the same picture
+        assert x["neighbour_caption"] == ["same"] * len(x["key"]) and x["neighbour_key"] == x["key"]
 
 
 def test_neighbours_on_shards_without_any_fail_fast(tmp_path, preprocess, tokenizer, capsys):
