@@ -1,5 +1,6 @@
 """Exact contrastive gradient accumulation: one optimizer step with (batch 16, k=1), (batch 8, k=2) and
-(2 ranks x batch 4, k=2 under DeepSpeed ZeRO-2) gives the same weights, for clip, negclip and degla."""
+(2 ranks x batch 4, k=2 under DeepSpeed ZeRO-2) gives the same weights, for clip, negclip, degla and
+negclip with hard-negative images (so 2 ranks x B = 1 rank x 2B holds for those too)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ RECIPES = {
         "data.negatives=4",
         "objective.ema_decay=0.99",
     ],
+    # NegCLIP with hard-negative images: the shapes world's twins join the batch as extra rows
+    "negclip_twins": ["objective.terms={negclip: 1.0}", "data.negatives=4", "data.neighbours=true"],
 }
 
 

@@ -6,12 +6,10 @@ from __future__ import annotations
 import difflib
 from pathlib import Path
 
-from data_pipelines.loader import MODES
+from data_pipelines.loader import MODES, NEGATIVE_SAMPLING
 
 from ..objectives.registry import HEADS, NEGATIVES, TERMS, not_accumulating, terms_needing
 from .schema import PRECISIONS, Config, ConfigError
-
-NEGATIVE_SAMPLING = ("random", "fixed")
 
 
 def _check(ok: bool, message: str) -> None:

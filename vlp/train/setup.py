@@ -218,7 +218,9 @@ def build_run(cfg: Config) -> Run:
             f"# {backend.name}, {world} process(es), precision {t.precision}, {torch.get_num_threads()} "
             f"threads/process; model {total / 1e6:.1f}M parameters ({trainable / 1e6:.1f}M trainable); "
             f"global batch {run.global_batch} = {t.batch_size} per micro-batch x {t.accum_steps} accumulated "
-            f"x {world} ranks" + (f"; resuming from {resume_from} (step {counters.step})" if resume_from else ""),
+            f"x {world} ranks"
+            + (", each sample with its neighbour as an extra row" if d.neighbours else "")
+            + (f"; resuming from {resume_from} (step {counters.step})" if resume_from else ""),
             flush=True,
         )
     return run
