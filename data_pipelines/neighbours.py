@@ -31,7 +31,7 @@ from .loader.decode import NEIGHBOUR_PREFIX
 from .models import image_encoder
 from .shards.atomic import publish_dir, staging_dir, write_json_atomic
 from .shards.reader import BAD_JSON, SkipCounter, SkipSample, caption, decode_image, image_member, iter_shard
-from .shards.specs import parse_sources, shard_name
+from .shards.specs import rewrite_plan
 from .shards.writer import ShardSink
 
 
@@ -169,13 +169,7 @@ def add_neighbours(
 ) -> NeighbourSummary:
     """Write every shard of ``spec`` to ``out`` with each sample's nearest-neighbour image added."""
     start = time.perf_counter()
-    urls = [u for s in parse_sources(spec) for u in s.urls]
-    out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        raise FileExistsError(f"{out} exists and is not empty; choose a new output directory")
-    names = [shard_name(u) for u in urls]
-    if len(set(names)) != len(names):
-        raise ValueError("two input shards have the same file name; find neighbours for each source separately")
+    urls, names, out = rewrite_plan(spec, out, "find neighbours")
     if batch_size < 1:
         raise ValueError(f"--batch-size must be positive, got {batch_size}")
     net, preprocess = image_encoder(model, pretrained, device)

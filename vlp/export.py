@@ -77,45 +77,49 @@ def export_checkpoint(checkpoint: str | os.PathLike, out: str | os.PathLike) -> 
     return export_state(checkpoint_state_dict(ckpt), json.loads(config_path.read_text()), out)
 
 
-def convert_main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(
-        prog="vlp-export convert",
-        description="Write the weights of a TorchScript archive (e.g. OpenAI's ViT-B-32.pt) as safetensors, "
-        "usable as model.pretrained with any matching open_clip architecture (e.g. ViT-B-32-quickgelu).",
-    )
-    p.add_argument("archive", help="TorchScript archive (.pt)")
-    p.add_argument("--out", required=True, help="weights file to write (.safetensors)")
-    args = p.parse_args(argv)
-    if not is_torchscript_archive(args.archive):
-        print(f"vlp-export convert: error: {args.archive} is not a TorchScript archive", file=sys.stderr)
-        return 2
-    try:
-        out = convert(args.archive, args.out)
-    except (RuntimeError, ValueError) as exn:
-        print(f"vlp-export convert: error: {exn}", file=sys.stderr)
-        return 2
-    print(f"converted {args.archive} -> {out} (use it as model.pretrained)")
-    return 0
+def _convert(archive: str, out: str) -> str:
+    if not is_torchscript_archive(archive):
+        raise ValueError(f"{archive} is not a TorchScript archive")
+    return f"converted {archive} -> {convert(archive, out)} (use it as model.pretrained)"
+
+
+def _export(checkpoint: str, out: str) -> str:
+    done = export_checkpoint(checkpoint, out)
+    return f"exported {checkpoint} -> {done} (load with open_clip.create_model_and_transforms('local-dir:{done}'))"
+
+
+# command -> (what it does, its input and help, what --out is, the function)
+COMMANDS = {
+    "vlp-export": (
+        "Export a vlp checkpoint (OUTPUT/checkpoints/step_N) as an open_clip local dir. "
+        "`vlp-export convert ARCHIVE --out W.safetensors` converts a TorchScript archive's weights instead.",
+        ("checkpoint", "checkpoint directory, e.g. runs/demo/checkpoints/step_600"),
+        "output directory (replaced if it exists)",
+        _export,
+    ),
+    "vlp-export convert": (
+        "Write the weights of a TorchScript archive (e.g. OpenAI's ViT-B-32.pt) as safetensors, usable as "
+        "model.pretrained with any matching open_clip architecture (e.g. ViT-B-32-quickgelu).",
+        ("archive", "TorchScript archive (.pt)"),
+        "weights file to write (.safetensors)",
+        _convert,
+    ),
+}
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["convert"]:
-        return convert_main(argv[1:])
-    p = argparse.ArgumentParser(
-        prog="vlp-export",
-        description="Export a vlp checkpoint (OUTPUT/checkpoints/step_N) as an open_clip local dir. "
-        "`vlp-export convert ARCHIVE --out W.safetensors` converts a TorchScript archive's weights instead.",
-    )
-    p.add_argument("checkpoint", help="checkpoint directory, e.g. runs/demo/checkpoints/step_600")
-    p.add_argument("--out", required=True, help="output directory (replaced if it exists)")
-    args = p.parse_args(argv)
+    prog = "vlp-export convert" if argv[:1] == ["convert"] else "vlp-export"
+    description, (name, help_), out_help, run = COMMANDS[prog]
+    p = argparse.ArgumentParser(prog=prog, description=description)
+    p.add_argument(name, help=help_)
+    p.add_argument("--out", required=True, help=out_help)
+    args = p.parse_args(argv[1:] if prog.endswith("convert") else argv)
     try:
-        out = export_checkpoint(args.checkpoint, args.out)
-    except (FileNotFoundError, ValueError, KeyError) as exn:
-        print(f"vlp-export: error: {exn}", file=sys.stderr)
+        print(run(getattr(args, name), args.out))
+    except (FileNotFoundError, ValueError, KeyError, RuntimeError) as exn:
+        print(f"{prog}: error: {exn}", file=sys.stderr)
         return 2
-    print(f"exported {args.checkpoint} -> {out} (load with open_clip.create_model_and_transforms('local-dir:{out}'))")
     return 0
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from ..shards.atomic import publish_dir, staging_dir, write_json_atomic
 from ..shards.reader import BAD_JSON, MISSING_CAPTION, SkipCounter, SkipSample, caption, iter_shard
-from ..shards.specs import parse_sources, shard_name
+from ..shards.specs import rewrite_plan
 from ..shards.writer import ShardSink
 from .rules import generate, normalise
 from .types import IMPORTED
@@ -134,13 +134,7 @@ def add_negatives(
     progress: Callable[[int, int], None] | None = None,
 ) -> RewriteSummary:
     """Write every shard of ``spec`` to ``out`` with ``negatives`` added to each sample's JSON."""
-    urls = [u for s in parse_sources(spec) for u in s.urls]
-    out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        raise FileExistsError(f"{out} exists and is not empty; choose a new output directory")
-    names = [shard_name(u) for u in urls]
-    if len(set(names)) != len(names):
-        raise ValueError("two input shards have the same file name; rewrite each source separately")
+    urls, names, out = rewrite_plan(spec, out, "rewrite")
     summary = RewriteSummary()
     type_counts: Counter[str] = Counter()
     counter = SkipCounter()

@@ -128,3 +128,17 @@ def open_url(url: str) -> IO[bytes]:
 def shard_name(url: str) -> str:
     """A short, stable name for a shard (its file name), used in seeds and messages."""
     return os.path.basename(url.rstrip("/").split()[-1]) or url
+
+
+def rewrite_plan(spec: str, out: str | os.PathLike, what: str) -> tuple[list[str], list[str], Path]:
+    """For a command that rewrites every shard of ``spec`` into ``out``: the input URLs, the output
+    file names (one per input, so they must be distinct) and ``out``, which must be new or empty.
+    ``what`` names the job in the message for clashing names (e.g. "add negatives")."""
+    urls = [u for s in parse_sources(spec) for u in s.urls]
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise FileExistsError(f"{out} exists and is not empty; choose a new output directory")
+    names = [shard_name(u) for u in urls]
+    if len(set(names)) != len(names):
+        raise ValueError(f"two input shards have the same file name; {what} for each source separately")
+    return urls, names, out

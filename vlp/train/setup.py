@@ -157,26 +157,34 @@ def build_run(cfg: Config) -> Run:
         param_groups(model, t.weight_decay), lr=t.lr, betas=(t.beta1, t.beta2), eps=t.eps, fused=True
     )
     backend.prepare(model, optimizer)
+    # What the data section asks for, and what the objective needs from it (negatives, captions).
+    stream = {
+        "mode": d.mode,
+        "weights": d.weights,
+        "shuffle_buffer": d.shuffle_buffer,
+        "epoch_samples": d.epoch_samples,
+    }
+    content = {
+        "num_negatives": d.negatives if objective.needs_negatives else 0,
+        "negative_types": d.negative_types,
+        "negative_sampling": d.negative_sampling,
+        "neighbours": d.neighbours,
+        "captions": sentence_teacher is not None,  # the external teacher embeds them
+    }
+    nice = (19 if backend.device.type == "cpu" else 0) if d.worker_nice is None else d.worker_nice
     loader = StreamingLoader(
         d.train or str(Path(d.shapes_world) / "train"),
         preprocess=built.preprocess_train,
         tokenizer=built.tokenizer,
         batch_size=t.batch_size,
-        mode=d.mode,
-        weights=d.weights,
-        num_workers=d.workers,
         seed=t.seed,
         rank=rank,
         world_size=world,
-        shuffle_buffer=d.shuffle_buffer,
-        epoch_samples=d.epoch_samples,
         drop_last=True,
-        num_negatives=d.negatives if objective.needs_negatives else 0,
-        negative_types=d.negative_types,
-        negative_sampling=d.negative_sampling,
-        neighbours=d.neighbours,
-        captions=sentence_teacher is not None,
-        worker_nice=(19 if backend.device.type == "cpu" else 0) if d.worker_nice is None else d.worker_nice,
+        num_workers=d.workers,
+        worker_nice=nice,
+        **stream,
+        **content,
     )
     episodes = None
     if heads is not None:
