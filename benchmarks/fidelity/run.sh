@@ -22,7 +22,6 @@ run clip_control negclip "objective.terms={clip: 1.0}" data.negatives=0 data.nei
 run negclip_before negclip data.neighbours=false train.grad_clip=1.0
 run negclip_noclip negclip data.neighbours=false
 run negclip_twins negclip
-run degla_before degla data.negative_sampling=random train.grad_clip=1.0
 run degla_random degla data.negative_sampling=random
 run degla_fixed degla
 $BIN/python benchmarks/fidelity/collect.py --table "$OUT"
