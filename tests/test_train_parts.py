@@ -159,3 +159,16 @@ def test_a_teacher_equal_to_the_student_gives_distill_zero_and_tgc_its_floor():
     assert distill_loss([out["image_features"], text], [t["image_features"], t["text_features"][:6]]) < 1e-8
     floor = tgc_loss(text, text, neg)  # the caption is its own teacher
     assert tgc_loss(text, t["text_features"][:6], neg).item() == pytest.approx(floor.item(), abs=1e-5)
+
+
+def test_neighbours_without_neighbours_in_the_shards_fail_fast_with_one_message(tmp_path):
+    from data_pipelines.sources.shapes import WorldConfig, generate_world
+
+    world = tmp_path / "plain"
+    cfg = WorldConfig(train_samples=40, shard_size=20, zeroshot_per_class=1, compositional_per_type=1, twins=False)
+    generate_world(world, cfg, workers=1, log=lambda _: None)
+    overrides = [f"output_dir={tmp_path / 'run'}", f"data.train={world / 'train'}", "data.workers=0"]
+    overrides += ["train.batch_size=8", "objective.terms={negclip: 1.0}", "data.negatives=2", "data.neighbours=true"]
+    proc = run(train_cmd(overrides), timeout=240)
+    assert proc.returncode == 1 and "missing_neighbour" in proc.stderr, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr

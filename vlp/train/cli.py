@@ -12,6 +12,7 @@ import os
 import sys
 import warnings
 
+from data_pipelines.loader import DataPipelineError
 from data_pipelines.shards.specs import SpecError, parse_sources
 
 from ..config import ConfigError, load_config, to_yaml
@@ -65,6 +66,6 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exn:
         print(f"vlp-train: error: {exn}", file=sys.stderr)
         return EXIT_USAGE
-    except TrainingError as exn:
+    except (TrainingError, DataPipelineError) as exn:  # the data stream failed fast: say why, no traceback
         print(f"vlp-train: error: {exn}", file=sys.stderr)
         return EXIT_FAILED
