@@ -10,6 +10,7 @@ import time
 
 from .cli_common import EXIT_DATA, EXIT_USAGE, add_command, command_parser, error
 from .cli_neighbours import add_neighbours_command
+from .cli_probes import add_probes_command
 from .shards.atomic import write_json_atomic
 from .shards.specs import SpecError
 from .shards.stats import default_workers, shard_stats
@@ -203,6 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--sugarcrepe", default=None, help="folder of SugarCrepe *.json (default: ../shared/...)")
     s.add_argument("--json", default=None, help="with --report: also write the rows as JSON here")
 
+    add_probes_command(sub)
     add_neighbours_command(sub)
 
     s = add_command(sub, "peek", "stream a few batches through the training loader", cmd_peek)

@@ -13,12 +13,27 @@ known exactly, which makes the world useful for three things at once:
 Every sample is drawn from its own generator seeded by ``(seed, split, index)``, so output does not
 depend on worker count or order, and the same arguments give byte-identical files.
 
-Modules: :mod:`.scene` (objects, sampling, placement), :mod:`.render` (drawing), :mod:`.captions`
-(captions, exact negatives), :mod:`.twins` (twin scenes), :mod:`.samples` (one sample of each split),
-:mod:`.world` (the files).
+Modules: :mod:`.scene` (objects, sampling, placement), :mod:`.drawing` (drawing styles: the world's
+default and ``alt``), :mod:`.render` (drawing), :mod:`.captions` (captions, exact negatives),
+:mod:`.twins` (twin scenes), :mod:`.samples` (one sample of each split), :mod:`.world` (the files),
+:mod:`.probes` (the probes alone, in another drawing).
 """
 
+from .drawing import ALT_DRAWING, DEFAULT_DRAWING, DRAWINGS, Drawing
+from .probes import ProbesConfig, generate_probes
 from .scene import DEFAULT_HELDOUT, parse_heldout
 from .world import WorldConfig, WorldSummary, generate_world
 
-__all__ = ["DEFAULT_HELDOUT", "WorldConfig", "WorldSummary", "generate_world", "parse_heldout"]
+__all__ = [
+    "ALT_DRAWING",
+    "DEFAULT_DRAWING",
+    "DEFAULT_HELDOUT",
+    "DRAWINGS",
+    "Drawing",
+    "ProbesConfig",
+    "WorldConfig",
+    "WorldSummary",
+    "generate_probes",
+    "generate_world",
+    "parse_heldout",
+]

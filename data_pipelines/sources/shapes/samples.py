@@ -10,14 +10,17 @@ from dataclasses import replace
 import numpy as np
 
 from .captions import describe, negatives, sample_phrasing, scene_record
+from .drawing import DEFAULT_DRAWING, Drawing
 from .render import png_bytes, render
 from .scene import (
     INVERSE_RELATION,
     ORDER_STREAM,
+    PLACEMENT_STREAM,
     TWIN_STREAM,
     Scene,
     ShapeObject,
     all_combos,
+    is_probe_split,
     place,
     sample_rng,
     sample_scene,
@@ -77,11 +80,19 @@ def train_sample(
     return members
 
 
-def zeroshot_sample(seed: int, split: str, index: int, image_size: int, combo: tuple[str, str], label: int) -> dict:
+def zeroshot_sample(
+    seed: int,
+    split: str,
+    index: int,
+    image_size: int,
+    combo: tuple[str, str],
+    label: int,
+    drawing: Drawing = DEFAULT_DRAWING,
+) -> dict:
     rng = sample_rng(seed, split, index)
     obj = ShapeObject(shape=combo[1], colour=combo[0], size=("small", "large")[int(rng.integers(2))])
-    obj = place(obj, rng, image_size)
-    image = render(Scene((obj,)), image_size, rng)
+    obj = place(obj, rng, image_size, drawing)
+    image = render(Scene((obj,)), image_size, rng, drawing)
     return {"png": png_bytes(image), "cls": str(label).encode()}
 
 
@@ -93,11 +104,17 @@ def compositional_example(
     image_size: int,
     combos: Sequence[tuple[str, str]],
     second_combos: Sequence[tuple[str, str]] | None = None,
+    drawing: Drawing = DEFAULT_DRAWING,
 ) -> tuple[dict, bytes]:
-    """A two-object image with a caption and one negative of ``kind`` (SugarCrepe fields)."""
+    """A two-object image with a caption and one negative of ``kind`` (SugarCrepe fields), sized,
+    placed and drawn as ``drawing`` says."""
     rng = sample_rng(seed, split, index)
+    # Probes place from their own stream, so every drawing of a probe has the same meaning (see scene.py).
+    pos = sample_rng(seed, split, index, PLACEMENT_STREAM) if is_probe_split(split) else None
     while True:  # a few scenes admit no negative of this kind (e.g. equal colours for a swap)
-        scene = sample_scene(rng, combos, image_size, p_single=0.0, second_combos=second_combos)
+        scene = sample_scene(
+            rng, combos, image_size, p_single=0.0, second_combos=second_combos, drawing=drawing, placement_rng=pos
+        )
         if second_combos is not None and rng.random() < 0.5:
             scene = replace(scene, objects=scene.objects[::-1], relation=INVERSE_RELATION[scene.relation])
         phrasing = sample_phrasing(rng, scene)
@@ -105,6 +122,6 @@ def compositional_example(
         negs = negatives(scene, phrasing, rng, kinds=(kind,), forbidden=forbidden)
         if negs:
             break
-    image = render(scene, image_size, rng)
+    image = render(scene, image_size, rng, drawing)
     record = {"caption": describe(scene, phrasing), "negative_caption": negs[0]["text"], "scene": scene.to_json()}
     return record, png_bytes(image)

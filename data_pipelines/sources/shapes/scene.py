@@ -12,6 +12,8 @@ from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
+from .drawing import DEFAULT_DRAWING, Drawing
+
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (215, 35, 35),
     "green": (40, 165, 60),
@@ -21,7 +23,8 @@ COLOURS: dict[str, tuple[int, int, int]] = {
     "orange": (245, 135, 25),
 }
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "star", "cross", "diamond")
-SIZES: dict[str, float] = {"small": 0.25, "large": 0.4}  # side of the bounding square / image side
+# Side of the bounding square / image side, in the default drawing (a Drawing may change them).
+SIZES: dict[str, float] = dict(zip(("small", "large"), DEFAULT_DRAWING.sizes, strict=True))
 RELATIONS: tuple[str, ...] = ("left of", "right of", "above", "below")
 INVERSE_RELATION = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
 
@@ -35,7 +38,20 @@ DEFAULT_HELDOUT: tuple[tuple[str, str], ...] = (
     ("purple", "diamond"),
     ("orange", "circle"),
 )
-_SPLIT_CODES = {"train": 1, "zeroshot": 2, "heldout": 3, "compositional": 4, "compositional_heldout": 5}
+# The probes of ``vlp-data shapes-probes`` ("probes_" + a world split) draw from streams of their own, so
+# none of their scenes is a training sample's or one of the world's own probes (whatever the drawing).
+# A split's code is the second entry of every one of its samples' seeds: (seed, code, index[, stream]).
+_SPLIT_CODES = {
+    "train": 1,
+    "zeroshot": 2,
+    "heldout": 3,
+    "compositional": 4,
+    "compositional_heldout": 5,
+    "probes_zeroshot": 6,
+    "probes_heldout": 7,
+    "probes_compositional": 8,
+    "probes_compositional_heldout": 9,
+}
 
 
 @dataclass(frozen=True)
@@ -79,30 +95,40 @@ def parse_heldout(text: str) -> tuple[tuple[str, str], ...]:
 # drawing a twin or ordering the negatives must not shift what the sample itself draws.
 TWIN_STREAM = 1
 ORDER_STREAM = 2
+# The probes' splits place objects from a stream of their own: a drawing changes the ranges of the
+# placement's draws, and numpy draws nothing for a range of one value, so placing from the sample's own
+# stream would let a drawing shift every later draw (the caption, the negative) in ~4% of scenes.
+PLACEMENT_STREAM = 3
+PROBE_SPLIT_PREFIX = "probes_"
+
+
+def is_probe_split(split: str) -> bool:
+    return split.startswith(PROBE_SPLIT_PREFIX)
 
 
 def sample_rng(seed: int, split: str, index: int, stream: int = 0) -> np.random.Generator:
     return np.random.default_rng([seed, _SPLIT_CODES[split], index, *([stream] if stream else [])])
 
 
-def _side(size: str, image_size: int) -> int:
-    return max(4, round(SIZES[size] * image_size))
+def _side(size: str, image_size: int, drawing: Drawing = DEFAULT_DRAWING) -> int:
+    return drawing.side(size, image_size)
 
 
-def _place_single(rng: np.random.Generator, side: int, image_size: int) -> tuple[int, int, int, int]:
-    margin = max(1, image_size // 32)
+def _place_single(
+    rng: np.random.Generator, side: int, image_size: int, drawing: Drawing = DEFAULT_DRAWING
+) -> tuple[int, int, int, int]:
+    margin = drawing.margin(image_size)
     x0 = int(rng.integers(margin, image_size - margin - side + 1))
     y0 = int(rng.integers(margin, image_size - margin - side + 1))
     return (x0, y0, x0 + side, y0 + side)
 
 
 def _place_left_of(
-    rng: np.random.Generator, side_a: int, side_b: int, image_size: int
+    rng: np.random.Generator, side_a: int, side_b: int, image_size: int, drawing: Drawing = DEFAULT_DRAWING
 ) -> tuple[tuple[int, int, int, int], tuple[int, int, int, int]]:
     """Boxes with A entirely left of B and their vertical offset at most half the horizontal one,
     so that 'left of' is the only natural description."""
-    margin = max(1, image_size // 32)
-    gap = max(2, image_size // 16)
+    margin, gap = drawing.margin(image_size), drawing.gap(image_size)
     ax0 = int(rng.integers(margin, image_size - margin - side_a - gap - side_b + 1))
     bx0 = int(rng.integers(ax0 + side_a + gap, image_size - margin - side_b + 1))
     dx = (bx0 + side_b / 2) - (ax0 + side_a / 2)
@@ -119,9 +145,11 @@ def _transpose(box: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
     return (y0, x0, y1, x1)
 
 
-def place(obj: ShapeObject, rng: np.random.Generator, image_size: int) -> ShapeObject:
+def place(
+    obj: ShapeObject, rng: np.random.Generator, image_size: int, drawing: Drawing = DEFAULT_DRAWING
+) -> ShapeObject:
     """``obj`` alone at a random position (whole, off the border)."""
-    return replace(obj, bbox=_place_single(rng, _side(obj.size, image_size), image_size))
+    return replace(obj, bbox=_place_single(rng, _side(obj.size, image_size, drawing), image_size, drawing))
 
 
 def sample_object(rng: np.random.Generator, combos: Sequence[tuple[str, str]]) -> ShapeObject:
@@ -136,19 +164,25 @@ def sample_scene(
     image_size: int,
     p_single: float,
     second_combos: Sequence[tuple[str, str]] | None = None,
+    drawing: Drawing = DEFAULT_DRAWING,
+    placement_rng: np.random.Generator | None = None,
 ) -> Scene:
     """A random scene; objects take their (colour, shape) from ``combos`` (the second object of a
-    pair from ``second_combos`` when given)."""
+    pair from ``second_combos`` when given), sized and placed as ``drawing`` says.
+
+    Positions come from ``placement_rng`` when given (else from ``rng``, as the world's samples always
+    did); then what ``rng`` draws, now and later, does not depend on the drawing."""
+    pos = placement_rng if placement_rng is not None else rng
     if rng.random() < p_single:
-        return Scene((place(sample_object(rng, combos), rng, image_size),))
+        return Scene((place(sample_object(rng, combos), pos, image_size, drawing),))
     a = sample_object(rng, combos)
     b = sample_object(rng, second_combos if second_combos is not None else combos)
     relation = RELATIONS[int(rng.integers(len(RELATIONS)))]
-    sa, sb = _side(a.size, image_size), _side(b.size, image_size)
+    sa, sb = _side(a.size, image_size, drawing), _side(b.size, image_size, drawing)
     if relation in ("left of", "above"):
-        box_a, box_b = _place_left_of(rng, sa, sb, image_size)
+        box_a, box_b = _place_left_of(pos, sa, sb, image_size, drawing)
     else:  # right of / below: B is left of (above) A
-        box_b, box_a = _place_left_of(rng, sb, sa, image_size)
+        box_b, box_a = _place_left_of(pos, sb, sa, image_size, drawing)
     if relation in ("above", "below"):
         box_a, box_b = _transpose(box_a), _transpose(box_b)
     return Scene((replace(a, bbox=box_a), replace(b, bbox=box_b)), relation)

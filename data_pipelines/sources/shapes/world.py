@@ -29,6 +29,7 @@ from ...shards.atomic import publish_dir, staging_dir, write_json_atomic
 from ...shards.writer import ShardSink
 from ...workers import map_in_pool
 from .captions import NEGATIVE_TYPES, SUGARCREPE_TYPES, ZEROSHOT_TEMPLATES, classname
+from .drawing import DEFAULT_DRAWING, Drawing
 from .samples import compositional_example, train_key, train_sample, zeroshot_sample
 from .scene import COLOURS, DEFAULT_HELDOUT, SHAPES, all_combos
 
@@ -55,6 +56,7 @@ class WorldConfig:
             raise ValueError(f"--train-samples must be positive, got {self.train_samples}")
         if not 16 <= self.image_size <= 1024:
             raise ValueError(f"--image-size must be between 16 and 1024, got {self.image_size}")
+        DEFAULT_DRAWING.check(self.image_size)  # 17 and 19 px: two large objects do not fit side by side
         if len(set(self.heldout)) == len(all_combos()):
             raise ValueError("every (colour, shape) combination is held out; nothing is left to train on")
         if not 0.0 <= self.p_single <= 1.0:
@@ -97,12 +99,18 @@ def _write_train(out: Path, cfg: WorldConfig, workers: int, log: Callable[[str],
     return cfg.train_samples
 
 
-def _zeroshot_item(seed: int, split: str, image_size: int, item: tuple[int, tuple[str, str], int]) -> dict:
+def _zeroshot_item(
+    seed: int, split: str, image_size: int, item: tuple[int, tuple[str, str], int], drawing: Drawing = DEFAULT_DRAWING
+) -> dict:
     index, combo, label = item
-    return zeroshot_sample(seed, split, index, image_size, combo, label)
+    return zeroshot_sample(seed, split, index, image_size, combo, label, drawing)
 
 
-def _write_zeroshot(out: Path, cfg: WorldConfig, workers: int) -> dict[str, int]:
+def _write_zeroshot(
+    out: Path, cfg: WorldConfig, workers: int, drawing: Drawing = DEFAULT_DRAWING, split_prefix: str = ""
+) -> dict[str, int]:
+    """``zeroshot/`` drawn in ``drawing``, from the seed streams of splits ``split_prefix + "zeroshot"``
+    and ``split_prefix + "heldout"`` (the world's own: no prefix; vlp-data shapes-probes: "probes_")."""
     classes = all_combos()
     root = out / "zeroshot"
     root.mkdir(parents=True)
@@ -115,8 +123,8 @@ def _write_zeroshot(out: Path, cfg: WorldConfig, workers: int) -> dict[str, int]
         for label, combo in enumerate(classes):
             if wanted(combo):
                 items.extend((len(items) + k, combo, label) for k in range(cfg.zeroshot_per_class))
-        split_code = "zeroshot" if split == "test" else "heldout"
-        fn = functools.partial(_zeroshot_item, cfg.seed, split_code, cfg.image_size)
+        split_code = split_prefix + ("zeroshot" if split == "test" else "heldout")
+        fn = functools.partial(_zeroshot_item, cfg.seed, split_code, cfg.image_size, drawing=drawing)
         # CLIP_benchmark names shards 0.tar .. N-1.tar and reads their number from nshards.txt; its
         # loader needs at least as many shards as workers (4 by default), so there are 8 of them.
         with ShardSink(root / split, pattern="{}.tar", shard_size=max(1, -(-len(items) // 8))) as sink:
@@ -127,20 +135,28 @@ def _write_zeroshot(out: Path, cfg: WorldConfig, workers: int) -> dict[str, int]
     return counts
 
 
-def _compositional_item(seed: int, split: str, image_size: int, combos, second, item: tuple[int, str]):
+def _compositional_item(
+    seed: int, split: str, image_size: int, combos, second, item: tuple[int, str], drawing: Drawing = DEFAULT_DRAWING
+):
     index, kind = item
-    return compositional_example(seed, split, index, kind, image_size, combos, second)
+    return compositional_example(seed, split, index, kind, image_size, combos, second, drawing)
 
 
-def _write_compositional(out: Path, cfg: WorldConfig, workers: int) -> dict[str, int]:
+def _write_compositional(
+    out: Path, cfg: WorldConfig, workers: int, drawing: Drawing = DEFAULT_DRAWING, split_prefix: str = ""
+) -> dict[str, int]:
+    """``compositional/`` drawn in ``drawing``, from the seed streams of splits ``split_prefix +
+    "compositional"`` and ``split_prefix + "compositional_heldout"`` (as :func:`_write_zeroshot`)."""
     root = out / "compositional"
     images = root / "images"
     images.mkdir(parents=True)
     seen = [c for c in all_combos() if c not in set(cfg.heldout)]
-    splits = [("compositional", root, "", seen, None)]
+    splits = [(split_prefix + "compositional", root, "", seen, None)]
     if cfg.heldout:
         # Pair a held-out combination with any object; the pair's order is randomised.
-        splits.append(("compositional_heldout", root / "heldout", "heldout_", all_combos(), list(cfg.heldout)))
+        splits.append(
+            (split_prefix + "compositional_heldout", root / "heldout", "heldout_", all_combos(), list(cfg.heldout))
+        )
     counts = {}
     for split, folder, prefix, combos, second in splits:
         folder.mkdir(parents=True, exist_ok=True)
@@ -149,7 +165,7 @@ def _write_compositional(out: Path, cfg: WorldConfig, workers: int) -> dict[str,
             for t, kind in enumerate(SUGARCREPE_TYPES.values())
             for k in range(cfg.compositional_per_type)
         ]
-        fn = functools.partial(_compositional_item, cfg.seed, split, cfg.image_size, combos, second)
+        fn = functools.partial(_compositional_item, cfg.seed, split, cfg.image_size, combos, second, drawing=drawing)
         files: dict[str, dict] = {name: {} for name in SUGARCREPE_TYPES}
         names = {kind: name for name, kind in SUGARCREPE_TYPES.items()}
         for (_, kind), (record, png) in zip(items, _map(fn, items, workers), strict=True):
