@@ -125,16 +125,23 @@ def read_sugarcrepe(folder: Path, images: Path) -> dict[str, list[dict]]:
     return subsets
 
 
-def score_pairs(scorer: Scorer, subsets: dict[str, list[dict]]) -> dict[str, dict]:
-    results = {}
+def pair_items_correct(scorer: Scorer, subsets: dict[str, list[dict]]) -> dict[str, torch.Tensor]:
+    """Per subset, whether each pair is scored correctly (bool, in file order): what paired tests use."""
+    out = {}
     for name, items in subsets.items():
         keys = [(i["image"],) for i in items]
         f = scorer.images(keys, lambda k: load_rgb(k[0]))
-        correct = strict_pair_correct(
+        out[name] = strict_pair_correct(
             f, scorer.texts([i["pos"] for i in items]), scorer.texts([i["neg"] for i in items])
         )
-        results[name] = {"accuracy": correct.float().mean().item(), "n": len(items)}
-    return results
+    return out
+
+
+def score_pairs(scorer: Scorer, subsets: dict[str, list[dict]]) -> dict[str, dict]:
+    return {
+        name: {"accuracy": correct.float().mean().item(), "correct": int(correct.sum()), "n": len(correct)}
+        for name, correct in pair_items_correct(scorer, subsets).items()
+    }
 
 
 def pooled(results: dict[str, dict], groups: dict[str, Sequence[str]]) -> dict[str, dict]:

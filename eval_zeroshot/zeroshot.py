@@ -105,6 +105,28 @@ def _gather_rows(x: torch.Tensor, index: torch.Tensor, n: int, rank: int, world:
 
 
 @torch.no_grad()
+def classify(
+    model,
+    tokenizer,
+    dataset: EvalSet,
+    feats: torch.Tensor,
+    device: torch.device | str = "cpu",
+    amp: bool = False,
+    templates: Sequence[str] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Zero-shot logits (N×C) of the images' normalised features ``feats`` and their labels (N)."""
+    templates = list(templates or dataset.templates or [])
+    if not templates:
+        raise ValueError(f"{dataset.name}: no templates (give --templates FILE or the dataset's templates file)")
+    device = torch.device(device)
+    classifier = class_embeddings(model, tokenizer, dataset.classnames, templates, device, amp).float().cpu()
+    target = torch.tensor([item.label for item in dataset.items])
+    if int(target.max()) >= len(dataset.classnames):
+        raise ValueError(f"{dataset.name}: label {int(target.max())} but only {len(dataset.classnames)} class names")
+    return 100.0 * feats @ classifier, target
+
+
+@torch.no_grad()
 def evaluate(
     model,
     preprocess,
@@ -128,16 +150,7 @@ def evaluate(
     )
     feats = _gather_rows(feats, torch.tensor(mine, dtype=torch.long), len(dataset.items), rank, world_size)
     if dataset.task == "classification":
-        templates = list(templates or dataset.templates or [])
-        if not templates:
-            raise ValueError(f"{dataset.name}: no templates (give --templates FILE or the dataset's templates file)")
-        classifier = class_embeddings(model, tokenizer, dataset.classnames, templates, device, amp).float().cpu()
-        logits = 100.0 * feats @ classifier
-        target = torch.tensor([item.label for item in dataset.items])
-        if int(target.max()) >= len(dataset.classnames):
-            raise ValueError(
-                f"{dataset.name}: label {int(target.max())} but only {len(dataset.classnames)} class names"
-            )
+        logits, target = classify(model, tokenizer, dataset, feats, device, amp, templates)
         return classification_metrics(logits, target, len(dataset.classnames))
     captions = [c for item in dataset.items for c in item.captions]
     owner = torch.tensor([i for i, item in enumerate(dataset.items) for _ in item.captions])

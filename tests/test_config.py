@@ -126,8 +126,23 @@ def test_recipes_state_their_papers_optimisation(recipe):
         (["data.negative_sampling=first"], "data.negative_sampling: must be one of random, fixed"),
         (["data.neighbours=true", "objective.terms={clip: 1.0, proto: 1.0}"], "data.neighbours with objective"),
         (["objective.proto.restarts=0"], "objective.proto.restarts: must be at least 1"),
+        (
+            ["data.neighbour_kinds=[mirror_relation]"],
+            "data.neighbour_kinds: a non-empty list of kinds, with data.neigh",
+        ),
+        (["data.neighbours=true", "data.neighbour_kinds=[]"], "data.neighbour_kinds: a non-empty list"),
+        (["objective.ema_decay=1.5"], r"objective.ema_decay: must be in \[0, 1\]"),
     ],
 )
 def test_new_data_and_proto_keys_are_checked(overrides, message):
     with pytest.raises(ConfigError, match=message):
         load_config(None, ["data.train=x/", *overrides])
+
+
+def test_a_frozen_teacher_and_neighbour_kinds_are_accepted():
+    """ema_decay 1.0 keeps the teacher at the starting weights; neighbour kinds filter the twins."""
+    cfg = load_config(
+        None,
+        ["data.train=x/", "objective.ema_decay=1.0", "data.neighbours=true", "data.neighbour_kinds=[mirror_relation]"],
+    )
+    assert cfg.objective.ema_decay == 1.0 and cfg.data.neighbour_kinds == ["mirror_relation"]

@@ -91,6 +91,17 @@ def test_neighbours_come_in_the_same_row(world, preprocess, tokenizer, num_worke
     assert not any(name.startswith("neighbour") for name in plain)
 
 
+def test_neighbour_kinds_keep_only_those_twins(world, preprocess, tokenizer):
+    """data.neighbour_kinds: only the samples whose twin is of the kinds asked for, the others counted."""
+    members = world_members(world)
+    kinds = {k: json.loads(m["json"])["neighbour"]["twin"] for k, m in members.items()}
+    ld = loader(world / "train", preprocess, tokenizer, neighbours=True, neighbour_kinds=["mirror_relation"])
+    keys = [key for batch in ld for key in batch["key"]]
+    mirrored = sorted(k for k, kind in kinds.items() if kind == "mirror_relation")
+    assert sorted(keys) == mirrored and 0 < len(mirrored) < len(members)
+    assert ld.skipped == {"other_neighbour_kind": len(members) - len(mirrored)}
+
+
 def test_samples_without_a_neighbour_are_skipped_and_counted(tmp_path, train_preprocess, tokenizer):
     samples = simple_samples(24)
     for i, s in enumerate(samples):

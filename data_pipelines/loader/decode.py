@@ -13,7 +13,16 @@ from typing import Any
 
 import torch
 
-from ..shards.reader import MISSING_NEIGHBOUR, caption, decode_image, metadata, negative_texts, neighbour_field
+from ..shards.reader import (
+    MISSING_NEIGHBOUR,
+    OTHER_NEIGHBOUR_KIND,
+    SkipSample,
+    caption,
+    decode_image,
+    metadata,
+    negative_texts,
+    neighbour_field,
+)
 from .transforms import split_transform
 
 # "random": K of a sample's negatives drawn afresh every epoch; "fixed": its first K, every epoch.
@@ -53,6 +62,7 @@ class SampleDecoder:
         negative_sampling: str = "random",
         neighbours: bool = False,
         captions: bool = False,
+        neighbour_kinds: Sequence[str] | None = None,
     ):
         if negative_sampling not in NEGATIVE_SAMPLING:
             raise ValueError(f"negative_sampling must be one of {NEGATIVE_SAMPLING}, got {negative_sampling!r}")
@@ -62,6 +72,7 @@ class SampleDecoder:
         self.negative_types = negative_types
         self.negative_sampling = negative_sampling
         self.neighbours = neighbours
+        self.neighbour_kinds = frozenset(neighbour_kinds or ())
         self.captions = captions
 
     def _negatives(self, meta: dict, sample: dict, rng: random.Random) -> list[str]:
@@ -94,6 +105,8 @@ class SampleDecoder:
         neighbour = None
         if self.neighbours:  # checked before any image is decoded: a sample without one is skipped cheaply
             field = neighbour_field(sample, meta)
+            if self.neighbour_kinds and field.get("twin") not in self.neighbour_kinds:
+                raise SkipSample(OTHER_NEIGHBOUR_KIND, f"neighbour of kind {field.get('twin')!r}")
             n_negs = self._negatives(field, sample, rng)
             n_image = decode_image(sample, NEIGHBOUR_PREFIX, MISSING_NEIGHBOUR)
         own = View(self._pixels(decode_image(sample), seed, in_worker), text, negs, sample["__key__"])

@@ -63,6 +63,8 @@ class StreamingLoader:
         neighbours: also return each sample's neighbour: the ``neighbour.<ext>`` member, preprocessed
             like ``image`` with a seed of its own, and the JSON ``neighbour``'s caption and negatives
             (sampled like the sample's). A sample without one is skipped (``missing_neighbour``).
+        neighbour_kinds: keep only samples whose JSON neighbour's ``twin`` is one of these (e.g. the
+            shapes world's ``mirror_relation``); the others are counted as ``other_neighbour_kind``.
         worker_nice: added to the workers' niceness (0-19). When training on the CPU, workers that
             yield to the compute threads keep a step's parallel regions from stalling on a
             preempted thread; the scheduler still gives them every idle cycle.
@@ -93,6 +95,7 @@ class StreamingLoader:
         worker_nice: int = 0,
         negative_sampling: str = "random",
         neighbours: bool = False,
+        neighbour_kinds: Sequence[str] | None = None,
     ):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -154,6 +157,7 @@ class StreamingLoader:
             captions=captions,
             negative_sampling=negative_sampling,
             neighbours=neighbours,
+            neighbour_kinds=neighbour_kinds,
         )
         self._reset_epoch(0)
         self._skipped_done: dict[str, int] = {}

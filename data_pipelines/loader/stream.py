@@ -60,11 +60,19 @@ class ShardStream(IterableDataset):
         captions: bool = False,
         negative_sampling: str = "random",
         neighbours: bool = False,
+        neighbour_kinds: Sequence[str] | None = None,
     ):
         self.sources = list(sources)
         self.mode = mode
         self.decoder = SampleDecoder(
-            preprocess, tokenizer, num_negatives, negative_types, negative_sampling, neighbours, captions
+            preprocess,
+            tokenizer,
+            num_negatives,
+            negative_types,
+            negative_sampling,
+            neighbours,
+            captions,
+            neighbour_kinds,
         )
         self.transform = self.decoder.transform
         self.batch_size = batch_size

@@ -29,6 +29,7 @@ MISSING_IMAGE = "missing_image"
 CORRUPT_IMAGE = "corrupt_image"
 MISSING_CAPTION = "missing_caption"
 MISSING_NEIGHBOUR = "missing_neighbour"  # asked for a neighbour: no neighbour.<ext> member or JSON field
+OTHER_NEIGHBOUR_KIND = "other_neighbour_kind"  # filtered out: its neighbour is not of the kinds asked for
 BAD_JSON = "bad_json"
 BAD_NEGATIVES = "bad_negatives"
 UNREADABLE_SHARD = "unreadable_shard"

@@ -71,8 +71,14 @@ def validate(cfg: Config) -> None:
         f"data.neighbours with objective.terms.{(episodic or [''])[0]}: ProtoCLIP's episodes label the stream's "
         "own samples, not their neighbours",
     )
+    _check(
+        d.neighbour_kinds is None
+        or (d.neighbours and d.neighbour_kinds and all(isinstance(k, str) and k for k in d.neighbour_kinds)),
+        f"data.neighbour_kinds: a non-empty list of kinds, with data.neighbours=true; got {d.neighbour_kinds!r}",
+    )
     o = cfg.objective
-    _check(0.0 <= o.ema_decay < 1.0, f"objective.ema_decay: must be in [0, 1), got {o.ema_decay}")
+    # 1.0: the teacher stays the starting model (distillation to a frozen copy of where the run began).
+    _check(0.0 <= o.ema_decay <= 1.0, f"objective.ema_decay: must be in [0, 1], got {o.ema_decay}")
     _check(o.tgc_temperature > 0, f"objective.tgc_temperature: must be positive, got {o.tgc_temperature}")
     _check(o.dcl_sigma is None or o.dcl_sigma > 0, f"objective.dcl_sigma: must be positive, got {o.dcl_sigma}")
     _check(o.proto.clusters >= 2, f"objective.proto.clusters: must be at least 2, got {o.proto.clusters}")

@@ -52,6 +52,9 @@ class DataConfig:
     # nearest neighbour from `vlp-data neighbours`) joins the batch as an extra row with its own caption
     # and negatives, so both contrast directions see it.
     neighbours: bool = False
+    # Only samples whose neighbour is of these kinds (the JSON neighbour's "twin": the shapes world's
+    # mirror_relation, swap_colours, replace_colour); the others are filtered out of the stream.
+    neighbour_kinds: list[str] | None = None
 
 
 @dataclass

@@ -169,6 +169,7 @@ def build_run(cfg: Config) -> Run:
         "negative_types": d.negative_types,
         "negative_sampling": d.negative_sampling,
         "neighbours": d.neighbours,
+        "neighbour_kinds": d.neighbour_kinds,
         "captions": sentence_teacher is not None,  # the external teacher embeds them
     }
     nice = (19 if backend.device.type == "cpu" else 0) if d.worker_nice is None else d.worker_nice

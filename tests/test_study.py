@@ -1,0 +1,220 @@
+"""vlp-study: the statistics against hand computations, the study file's checks, and a tiny study run
+end to end (interrupted with Ctrl-C, resumed, aggregated)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from tests.fault_hooks import environment
+from tests.runs import REPO
+from vlp.study.cli import main as vlp_study
+from vlp.study.spec import StudyError, load_study
+from vlp.study.stats import binomial_two_sided, bootstrap_ci, mcnemar, paired_bootstrap, wilson
+
+# ---------------------------------------------------------------- statistics
+
+
+def test_bootstrap_interval_matches_the_binomial_one_for_one_seed():
+    """One seed: the two-level bootstrap is the items' bootstrap, whose 95% interval for 300 Bernoulli
+    items at p = 0.7 is close to the normal one, ±1.96·sqrt(p(1-p)/n) = ±5.19 points."""
+    items = np.zeros(300, dtype=int)
+    items[:210] = 1
+    ci = bootstrap_ci([items], samples=4000)
+    half = 1.96 * math.sqrt(0.7 * 0.3 / 300)
+    assert ci["mean"] == pytest.approx(0.7)
+    assert ci["hi"] - ci["lo"] == pytest.approx(2 * half, rel=0.12)
+    assert ci["lo"] < 0.7 < ci["hi"]
+    lo, hi = wilson(210, 300)  # Wilson's interval, a closed form: nearly the same here
+    assert (lo, hi) == pytest.approx((ci["lo"], ci["hi"]), abs=0.01)
+
+
+def test_bootstrap_widens_with_seed_disagreement():
+    agree = [np.r_[np.ones(150), np.zeros(150)]] * 3
+    disagree = [np.r_[np.ones(n), np.zeros(300 - n)] for n in (60, 150, 240)]
+    a, d = bootstrap_ci(agree), bootstrap_ci(disagree)
+    assert a["mean"] == d["mean"] == pytest.approx(0.5)
+    assert d["hi"] - d["lo"] > 2 * (a["hi"] - a["lo"])  # seeds at 20/50/80% cannot give a tight mean
+
+
+def test_paired_tests_by_hand():
+    control = [np.r_[np.ones(100), np.zeros(100)]]
+    same = paired_bootstrap(control, control)
+    assert (same["delta"], same["lo"], same["hi"]) == (0.0, 0.0, 0.0)
+    better = [np.ones(200)]  # right on the 100 the control got wrong, never worse
+    p = paired_bootstrap(better, control)
+    assert p["delta"] == pytest.approx(0.5) and p["lo"] > 0.4
+    m = mcnemar(better, control)
+    assert (m["b"], m["c"]) == (100, 0)
+    assert m["p"] == pytest.approx(2 * 0.5**100)
+    # b = 7, c = 3: two-sided exact p = 2·P(X ≤ 3), X ~ Bin(10, 1/2) = 2·(1+10+45+120)/1024
+    assert binomial_two_sided(3, 10) == pytest.approx(2 * 176 / 1024)
+    assert binomial_two_sided(0, 0) == 1.0
+
+
+# ---------------------------------------------------------------- the study file
+
+
+def _study_file(tmp_path: Path, body: dict) -> Path:
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(body))
+    return path
+
+
+BASE = {
+    "name": "tiny",
+    "recipes": {"clip": {"config": "configs/clip.yaml"}},
+    "evaluate": {"zeroshot": {"test": "data/x:test"}},
+}
+
+
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        ({"colour": 1}, "unknown key(s) ['colour']"),
+        (
+            {"recipes": {"clip": {"config": "configs/nope.yaml"}}},
+            "recipes.clip.config: configs/nope.yaml does not exist",
+        ),
+        ({"control": "negclip"}, "control 'negclip' is not one of the recipes"),
+        ({"seeds": [0, 0]}, "seeds must be a non-empty list of distinct integers"),
+        ({"vary": {"key": "train.max_steps"}}, "vary needs exactly 'key'"),
+        ({"evaluate": {"zeroshot": {}, "probes": {}}}, "evaluate needs zeroshot and/or probes"),
+    ],
+)
+def test_study_file_mistakes_are_named(tmp_path, monkeypatch, capsys, change, message):
+    monkeypatch.chdir(REPO)
+    path = _study_file(tmp_path, {**BASE, **change})
+    with pytest.raises(StudyError) as err:
+        load_study(path)
+    assert str(path) in str(err.value) and message in str(err.value)
+    assert vlp_study(["--config", str(path)]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_every_committed_study_loads():
+    os.chdir(REPO)
+    for path in sorted((REPO / "configs" / "studies").glob("*.yaml")):
+        study = load_study(path)
+        assert study.control in [r.name for r in study.recipes]
+
+
+# ---------------------------------------------------------------- a tiny study, end to end
+
+
+def _tiny_study(tmp_path: Path, world: Path, exported: Path) -> Path:
+    common = [
+        f"model.name=local-dir:{exported}",
+        f"data.train={world}/train",
+        "data.workers=0",
+        "train.max_steps=4",
+        "train.batch_size=8",
+        "train.warmup_steps=1",
+        "train.save_every=2",
+        "train.log_every=1",
+        "train.threads=1",
+        "train.precision=fp32",
+        "eval.every=2",
+    ]
+    body = {
+        "name": "tiny",
+        "description": "two recipes, two seeds, four steps each",
+        "control": "clip",
+        "seeds": [0, 1],
+        "overrides": common,
+        "recipes": {
+            "clip": {"config": str(REPO / "configs/clip.yaml")},
+            "negclip": {"config": str(REPO / "configs/negclip.yaml"), "overrides": ["data.negatives=2"]},
+        },
+        "evaluate": {
+            "start": str(exported),
+            "zeroshot": {"heldout": f"{world}/zeroshot:heldout"},
+            "probes": {"shapes": str(world / "compositional")},
+            "headline": {"gain": "shapes/replace_rel", "cost": "zeroshot/heldout"},
+        },
+        "results": str(tmp_path / "results"),
+        "runs": str(tmp_path / "runs"),
+    }
+    return _study_file(tmp_path, body)
+
+
+def _study(args: list[str], **kw) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "vlp.study", *args],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+        **kw,
+    )
+
+
+def test_tiny_study_interrupted_resumed_and_aggregated(tmp_path, world, exported):
+    path = _tiny_study(tmp_path, world, exported)
+    results, runs = tmp_path / "results", tmp_path / "runs"
+    # 1. Ctrl-C (SIGINT to the whole process group, as a terminal sends it) during the first trained cell.
+    slow = environment(step_sleep=1.0)
+    proc = _study(["--config", str(path)], env=slow)
+    metrics = runs / "clip__seed0" / "metrics.jsonl"
+    deadline = time.monotonic() + 180
+    while not (metrics.is_file() and metrics.read_text().count("\n") >= 1) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert metrics.is_file(), proc.communicate(timeout=60)[0]
+    os.killpg(proc.pid, signal.SIGINT)
+    out, _ = proc.communicate(timeout=180)
+    assert proc.returncode == 130, out
+    assert "rerun the same command to resume" in out
+    assert (results / "cells" / "start.json").is_file()  # the starting model was scored before
+    assert not (results / "cells" / "clip__seed0.json").exists()
+    assert list((runs / "clip__seed0" / "checkpoints").glob("step_*"))  # the trainer saved where it stopped
+
+    # 2. The same command resumes that cell from its checkpoint and runs the rest.
+    proc = _study(["--config", str(path)])
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out
+    assert "1 done, 4 to run" in out
+    log = (runs / "clip__seed0.log").read_text()
+    assert "resum" in log.lower()
+    cells = {p.stem: json.loads(p.read_text()) for p in (results / "cells").glob("*.json")}
+    assert set(cells) == {"start", "clip__seed0", "negclip__seed0", "clip__seed1", "negclip__seed1"}
+    cell = cells["negclip__seed1"]
+    assert cell["seed"] == 1 and cell["train"]["steps"] == 4 and cell["resolved_config"]["train"]["seed"] == 1
+    m = cell["metrics"]["shapes/replace_rel"]
+    assert len(m["items"]) == m["n"] and m["items"].count("1") == m["correct"]
+    assert m["accuracy"] == pytest.approx(m["correct"] / m["n"])
+    assert [row[0] for row in cell["curve"]] == [2, 4]
+    assert not (runs / "negclip__seed1" / "checkpoints").exists() and (runs / "negclip__seed1" / "export").is_dir()
+
+    # 3. The aggregate: intervals, paired tests against the control, table and plots.
+    summary = json.loads((results / "summary.json").read_text())
+    groups = {g["recipe"]: g for g in summary["groups"]}
+    assert groups["clip"]["seeds"] == [0, 1] and summary["missing"] == []
+    neg = groups["negclip"]
+    items = [[int(c) for c in cells[f"negclip__seed{s}"]["metrics"]["shapes/replace_rel"]["items"]] for s in (0, 1)]
+    assert neg["metrics"]["shapes/replace_rel"]["mean"] == pytest.approx(np.mean(items))
+    vs = neg["vs_control"]["shapes/replace_rel"]
+    ctrl = [[int(c) for c in cells[f"clip__seed{s}"]["metrics"]["shapes/replace_rel"]["items"]] for s in (0, 1)]
+    assert vs["delta"] == pytest.approx(np.mean(items) - np.mean(ctrl))
+    assert vs["mcnemar"]["b"] == int(np.sum((np.array(items) == 1) & (np.array(ctrl) == 0)))
+    pooled = neg["metrics"]["shapes/pooled"]
+    assert pooled["n"] == sum(v["n"] for k, v in cells["negclip__seed0"]["metrics"].items() if k.startswith("shapes/"))
+    table = (results / "table.md").read_text()
+    assert "## Paired against the control `clip`" in table and "shapes/heldout/replace_rel" in table
+    for plot in ("probes.png", "steps.png", "tradeoff.png"):
+        assert (results / plot).stat().st_size > 5000
+
+    # 4. Nothing left to do: a rerun trains nothing and rewrites the same aggregate.
+    proc = _study(["--config", str(path), "--list"])
+    out, _ = proc.communicate(timeout=120)
+    assert out.count("done  ") == 5 and "todo" not in out

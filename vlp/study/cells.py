@@ -1,0 +1,121 @@
+"""The cells of a study and how one is run: a normal training run (``python -m vlp.train``, one process)
+followed by the evaluation of its export; the cell's JSON is written last, atomically, so a cell is done
+exactly when its JSON exists. An interrupted cell resumes from its newest checkpoint."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from data_pipelines.shards.atomic import write_json_atomic
+
+from .spec import Study
+
+START = "start"  # the cell that scores the starting model, untrained
+
+
+class CellFailed(RuntimeError):
+    """A cell's training or evaluation failed; the message names the cell and its log."""
+
+
+class Interrupted(Exception):
+    """Ctrl-C (or SIGTERM) while a cell was running; the trainer saved a checkpoint to resume from."""
+
+
+@dataclass(frozen=True)
+class Cell:
+    recipe: str
+    seed: int | None
+    value: object = None  # the varied setting's value (None when the study varies nothing)
+
+    @property
+    def name(self) -> str:
+        if self.recipe == START:
+            return START
+        vary = "" if self.value is None else f"__{self.value}"
+        return f"{self.recipe}{vary}__seed{self.seed}"
+
+
+def cells_of(study: Study) -> list[Cell]:
+    """Every cell in run order: the starting model first, then seed by seed (so a study cut short has
+    all recipes at the first seeds rather than one recipe at all seeds)."""
+    cells = [Cell(START, None)] if study.evaluate.start else []
+    for seed in study.seeds:
+        for value in study.vary_values:
+            cells.extend(Cell(r.name, seed, value) for r in study.recipes)
+    return cells
+
+
+def result_path(study: Study, cell: Cell) -> Path:
+    return Path(study.results) / "cells" / f"{cell.name}.json"
+
+
+def train_command(study: Study, cell: Cell, run_dir: Path) -> list[str]:
+    recipe = next(r for r in study.recipes if r.name == cell.recipe)
+    zeroshot = ", ".join(study.evaluate.zeroshot.values())
+    overrides = [
+        f"output_dir={run_dir}",
+        f"train.seed={cell.seed}",
+        "train.resume=latest",  # an interrupted cell continues exactly where its checkpoint left it
+        f"eval.zeroshot=[{zeroshot}]",
+        *study.overrides,
+        *recipe.overrides,
+    ]
+    if study.vary_key:
+        overrides.append(f"{study.vary_key}={cell.value}")
+    return [sys.executable, "-m", "vlp.train", "--config", recipe.config, *overrides]
+
+
+def _has_checkpoint(run_dir: Path) -> bool:
+    return any((run_dir / "checkpoints").glob("step_*"))
+
+
+def train_cell(study: Study, cell: Cell, run_dir: Path, log: Callable[[str], None]) -> float:
+    """Run the cell's training (resuming when a checkpoint is there); returns its wall seconds."""
+    if run_dir.exists() and not _has_checkpoint(run_dir) and not (run_dir / "export").is_dir():
+        shutil.rmtree(run_dir)  # stopped before its first checkpoint: nothing to resume, start clean
+    if (run_dir / "export").is_dir() and (run_dir / "summary.json").is_file():
+        return json.loads((run_dir / "summary.json").read_text()).get("seconds", 0.0)
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    cmd = train_command(study, cell, run_dir)
+    log_path = run_dir.parent / f"{cell.name}.log"
+    log(f"  train: {' '.join(cmd[1:])}")
+    start = time.perf_counter()
+    with open(log_path, "a") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            code = proc.wait()
+        except KeyboardInterrupt:
+            # The trainer got the same Ctrl-C (same process group): it saves a checkpoint and exits.
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=300)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            raise Interrupted(cell.name) from None
+    seconds = time.perf_counter() - start
+    if code == 0 and not (run_dir / "export").is_dir() and _has_checkpoint(run_dir):
+        raise Interrupted(cell.name)  # the trainer stopped on a signal sent to it alone: checkpoint, exit 0
+    if code != 0 or not (run_dir / "export").is_dir():
+        raise CellFailed(f"cell {cell.name}: training exited with {code}; see {log_path}")
+    summary = json.loads((run_dir / "summary.json").read_text())
+    summary["seconds"] = seconds
+    write_json_atomic(run_dir / "summary.json", summary)
+    return seconds
+
+
+def finish_cell(study: Study, cell: Cell, record: dict, run_dir: Path | None) -> Path:
+    """Write the cell's JSON (this marks it done) and drop its checkpoints (the export stays)."""
+    path = result_path(study, cell)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(path, record)
+    if run_dir is not None:
+        shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+    return path

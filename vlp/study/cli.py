@@ -1,0 +1,177 @@
+"""``vlp-study --config configs/studies/NAME.yaml``: run a study's cells one after another, then write
+its table and plots.
+
+A cell is done when its JSON exists in ``<results>/cells/``; running the same command again skips done
+cells and resumes an interrupted one from its newest checkpoint, so a study can span several sessions.
+Exit codes: 0 every cell done, 130 interrupted (Ctrl-C / SIGTERM; rerun to continue), 1 a cell failed
+(its log is named), 2 a study file to fix.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from .cells import START, Cell, CellFailed, Interrupted, cells_of, finish_cell, result_path, train_cell
+from .report import write_report
+from .spec import Study, StudyError, load_study
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="vlp-study",
+        description="Run a seeded, budget-matched study (recipes × seeds × one varied setting) and aggregate it: "
+        "mean and 95% interval per metric, paired tests against the control, table and plots.",
+        epilog="Interrupt with Ctrl-C at any time; the same command resumes. Studies: configs/studies/*.yaml",
+    )
+    p.add_argument("--config", required=True, help="the study YAML")
+    p.add_argument("--only", action="append", default=[], help="run only cells whose name matches (glob; repeatable)")
+    p.add_argument("--max-cells", type=int, default=0, help="stop after running this many cells (0: all)")
+    p.add_argument("--report-only", action="store_true", help="aggregate the finished cells; run nothing")
+    p.add_argument("--list", action="store_true", help="list the cells and whether each is done")
+    return p
+
+
+def _machine() -> dict:
+    import torch
+
+    return {
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "platform": platform.platform(),
+    }
+
+
+def _commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10)
+        return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def _curve(run_dir: Path) -> list[tuple[int, str, float]]:
+    path = run_dir / "eval.jsonl"
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        rec = json.loads(line)
+        for r in rec["results"]:
+            if "acc1" in r["metrics"]:
+                rows.append((rec["step"], r["dataset"].rsplit(":", 1)[-1], r["metrics"]["acc1"]))
+    return rows
+
+
+def run_cell(study: Study, cell: Cell, log) -> dict:
+    from .evaluate import evaluate_export
+
+    record: dict = {"study": study.name, "cell": cell.name, "recipe": cell.recipe, "seed": cell.seed}
+    if cell.recipe == START:
+        start = time.perf_counter()
+        spec = study.evaluate.start
+        spec = f"local-dir:{spec}" if Path(spec).is_dir() else spec  # an export folder, or any open_clip spec
+        record.update(evaluate_export(spec, study.evaluate), model=spec)
+        record["eval_seconds"] = time.perf_counter() - start
+        return record
+    run_dir = Path(study.runs) / cell.name
+    recipe = next(r for r in study.recipes if r.name == cell.recipe)
+    train_seconds = train_cell(study, cell, run_dir, log)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    log(
+        f"  trained in {train_seconds:.0f} s (loss {summary['first_loss_mean']:.3f} -> {summary['last_loss_mean']:.3f})"
+    )
+    start = time.perf_counter()
+    record.update(evaluate_export(f"local-dir:{run_dir / 'export'}", study.evaluate))
+    record.update(
+        vary={"key": study.vary_key, "value": cell.value} if study.vary_key else None,
+        config=recipe.config,
+        overrides=list(study.overrides) + list(recipe.overrides),
+        resolved_config=summary["config"],
+        train={k: summary[k] for k in ("steps", "skipped_steps", "first_loss_mean", "last_loss_mean")},
+        train_seconds=train_seconds,
+        eval_seconds=time.perf_counter() - start,
+        curve=_curve(run_dir),
+        export=str(run_dir / "export"),
+    )
+    return record
+
+
+def _on_sigterm(signum, frame):
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        study = load_study(args.config)
+    except StudyError as exn:
+        print(f"vlp-study: {exn}", file=sys.stderr)
+        return 2
+    cells = [c for c in cells_of(study) if not args.only or any(fnmatch.fnmatch(c.name, p) for p in args.only)]
+    if args.list:
+        for c in cells:
+            print(f"{'done' if result_path(study, c).is_file() else 'todo'}  {c.name}")
+        return 0
+    if not args.report_only:
+        start = study.evaluate.start.removeprefix("local-dir:")
+        missing = [p for p in [start] if p and not Path(p).exists()]
+        missing += [
+            s.rsplit(":", 1)[0] for s in study.evaluate.zeroshot.values() if not Path(s.rsplit(":", 1)[0]).exists()
+        ]
+        missing += [p for p in study.evaluate.probes.values() if not Path(p).exists()]
+        if missing:
+            print(
+                f"vlp-study: {study.path}: missing {', '.join(missing)} (run `make demo` first for the shapes "
+                "world and its export; a second drawing: `vlp-data shapes-probes`)",
+                file=sys.stderr,
+            )
+            return 2
+        signal.signal(signal.SIGTERM, _on_sigterm)
+        todo = [c for c in cells if not result_path(study, c).is_file()]
+        print(
+            f"study {study.name}: {len(cells)} cells, {len(cells) - len(todo)} done, {len(todo)} to run "
+            f"(results in {study.results})",
+            flush=True,
+        )
+        ran = 0
+        for i, cell in enumerate(todo, 1):
+            if args.max_cells and ran >= args.max_cells:
+                break
+            print(f"[{i}/{len(todo)}] {cell.name}", flush=True)
+            start = time.perf_counter()
+            try:
+                record = run_cell(study, cell, lambda m: print(m, flush=True))
+            except (Interrupted, KeyboardInterrupt):
+                print(f"interrupted during {cell.name}; rerun the same command to resume it", file=sys.stderr)
+                return 130
+            except CellFailed as exn:
+                print(f"vlp-study: {exn}", file=sys.stderr)
+                write_report(study)
+                return 1
+            record.update(machine=_machine(), vlp_commit=_commit(), seconds=time.perf_counter() - start)
+            path = finish_cell(study, cell, record, None if cell.recipe == START else Path(study.runs) / cell.name)
+            ran += 1
+            shown = {
+                k: f"{v['accuracy']:.3f}"
+                for k, v in record["metrics"].items()
+                if k.startswith("zeroshot/") or k.endswith("replace_rel")
+            }
+            print(f"  done in {record['seconds']:.0f} s -> {path}  {shown}", flush=True)
+            write_report(study)
+    summary = write_report(study)
+    print((Path(study.results) / "table.md").read_text())
+    print(
+        f"table, summary and plots in {study.results}"
+        + (f" ({len(summary['missing'])} cells missing)" if summary["missing"] else "")
+    )
+    return 0
