@@ -155,6 +155,36 @@ def cmd_compositional(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_diagnose(args: argparse.Namespace) -> int:
+    from .datasets import DatasetError
+    from .diagnostics import diagnose, report
+    from .models import ModelError
+
+    if not Path(args.data).is_dir():
+        return _err(f"--data {args.data} does not exist or is not a folder")
+    if args.probe_train < 2 or args.probe_test < 1:
+        return _err("--probe-train must be at least 2 and --probe-test at least 1")
+    try:
+        result = diagnose(
+            args.model,
+            args.data,
+            pretrained=args.pretrained,
+            images=args.images,
+            probe_train=args.probe_train,
+            probe_test=args.probe_test,
+            seed=args.seed,
+            device=args.device,
+            batch_size=args.batch_size,
+        )
+    except (DatasetError, ModelError) as exn:
+        return _err(str(exn))
+    print(report(result))
+    if args.out:
+        write_json_atomic(args.out, result)
+        print(f"\nwritten {args.out}", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p, sub = command_parser("vlp-eval", __doc__)
     s = add_command(sub, "zeroshot", "zero-shot classification and retrieval (CLIP_benchmark's metrics)", cmd_zeroshot)
@@ -206,6 +236,24 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--batch-size", type=int, default=64)
     s.add_argument("--device", default="cpu")
     s.add_argument("--out", default=None, help="results JSON (a PNG bar chart is written beside it)")
+
+    s = add_command(
+        sub,
+        "diagnose",
+        "which tower is blind: caption/negative text cosines, and linear probes of the image features "
+        "for the shapes world's spatial relation",
+        cmd_diagnose,
+    )
+    s.add_argument("--model", required=True, help="open_clip model spec, as for zeroshot")
+    s.add_argument("--pretrained", default="")
+    s.add_argument("--data", required=True, help="a SugarCrepe-format folder, e.g. data/shapes/compositional")
+    s.add_argument("--images", default=None, help="its image folder (default DATA/images)")
+    s.add_argument("--probe-train", type=int, default=2000, help="fresh probe scenes to fit on")
+    s.add_argument("--probe-test", type=int, default=1000, help="fresh probe scenes to score")
+    s.add_argument("--seed", type=int, default=0, help="seed of the probe scenes and its validation split")
+    s.add_argument("--batch-size", type=int, default=64)
+    s.add_argument("--device", default="cpu")
+    s.add_argument("--out", default=None, help="results JSON")
     return p
 
 
