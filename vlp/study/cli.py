@@ -37,6 +37,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-cells", type=int, default=0, help="stop after running this many cells (0: all)")
     p.add_argument("--report-only", action="store_true", help="aggregate the finished cells; run nothing")
     p.add_argument("--list", action="store_true", help="list the cells and whether each is done")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch threads of the evaluation (0: torch's default); training threads are the cells' train.threads",
+    )
     return p
 
 
@@ -137,6 +143,10 @@ def main(argv: list[str] | None = None) -> int:
             )
             return 2
         signal.signal(signal.SIGTERM, _on_sigterm)
+        if args.threads:
+            import torch
+
+            torch.set_num_threads(args.threads)
         todo = [c for c in cells if not result_path(study, c).is_file()]
         print(
             f"study {study.name}: {len(cells)} cells, {len(cells) - len(todo)} done, {len(todo)} to run "
