@@ -22,32 +22,40 @@ def _err(s: dict) -> tuple[float, float]:
     return 100 * (s["mean"] - s["lo"]), 100 * (s["hi"] - s["mean"])
 
 
+def _order(names: list[str]) -> list[str]:
+    """Seen subsets first, then their held-out twins, each group alphabetical."""
+    return sorted(names, key=lambda m: ("heldout/" in m, m))
+
+
 def probe_bars(study: Study, summary: dict, path: Path) -> None:
+    """One panel per metric family (zero-shot, then each probe set), a bar per recipe with its interval."""
     plt = _plt()
     groups = summary["groups"]
-    metrics = [f"zeroshot/{z}" for z in study.evaluate.zeroshot]
+    panels = [("zero-shot", [f"zeroshot/{z}" for z in study.evaluate.zeroshot])]
     for p in study.evaluate.probes:
-        metrics += sorted({m for g in groups for m in g["metrics"] if m.startswith(f"{p}/") and "pooled" not in m})
-    metrics = [m for m in metrics if any(m in g["metrics"] for g in groups)]
+        subsets = {m for g in groups for m in g["metrics"] if m.startswith(f"{p}/") and "pooled" not in m}
+        panels.append((f"probes: {p}", _order(list(subsets))))
+    panels = [(t, [m for m in ms if any(m in g["metrics"] for g in groups)]) for t, ms in panels]
+    panels = [(t, ms) for t, ms in panels if ms]
+    widest = max(len(ms) for _, ms in panels)
+    fig, axes = plt.subplots(len(panels), 1, figsize=(max(7, 1.0 * widest + 2), 3.0 * len(panels)), squeeze=False)
     width = 0.8 / len(groups)
-    fig, ax = plt.subplots(figsize=(max(8, 0.9 * len(metrics) + 2), 4.2))
-    for i, g in enumerate(groups):
-        xs = [j + (i - (len(groups) - 1) / 2) * width for j, m in enumerate(metrics) if m in g["metrics"]]
-        stats = [g["metrics"][m] for m in metrics if m in g["metrics"]]
-        lo, hi = zip(*(_err(s) for s in stats), strict=True)
-        label = g["recipe"] if not study.vary_key or g["recipe"] == START else f"{g['recipe']} {g['value']}"
-        ax.bar(
-            xs,
-            [100 * s["mean"] for s in stats],
-            width,
-            yerr=[lo, hi],
-            capsize=2,
-            label=f"{label} (n={len(g['seeds'])})",
-        )
-    ax.axhline(50, color="grey", lw=0.8, ls=":")
-    ax.set_xticks(range(len(metrics)), [m.replace("zeroshot/", "zs/") for m in metrics], rotation=35, ha="right")
-    ax.set(ylabel="accuracy (%)", ylim=(0, 102), title=f"study {study.name}: mean over seeds, 95% intervals")
-    ax.legend(fontsize=7, ncol=2, loc="lower left")
+    for ax, (title, metrics) in zip(axes[:, 0], panels, strict=True):
+        for i, g in enumerate(groups):
+            xs = [j + (i - (len(groups) - 1) / 2) * width for j, m in enumerate(metrics) if m in g["metrics"]]
+            stats = [g["metrics"][m] for m in metrics if m in g["metrics"]]
+            lo, hi = zip(*(_err(s) for s in stats), strict=True)
+            label = g["recipe"] if not study.vary_key or g["recipe"] == START else f"{g['recipe']} {g['value']}"
+            ax.bar(
+                xs, [100 * s["mean"] for s in stats], width, yerr=[lo, hi], capsize=2,
+                label=f"{label} (n={len(g['seeds'])})",
+            )  # fmt: skip
+        if title.startswith("probes"):
+            ax.axhline(50, color="grey", lw=0.8, ls=":")
+        ax.set_xticks(range(len(metrics)), [m.split("/", 1)[1] for m in metrics], rotation=20, ha="right")
+        ax.set(ylabel="accuracy (%)", ylim=(0, 105), title=title)
+    axes[0][0].legend(fontsize=7, ncol=min(4, len(groups)), loc="lower left")
+    fig.suptitle(f"study {study.name}: mean over seeds, 95% intervals (bootstrap over seeds and items)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -71,7 +79,8 @@ def steps_plot(study: Study, summary: dict, path: Path) -> bool:
     if curves:
         ax = axes[0][ax_i]
         ax_i += 1
-        for g in curves:
+        colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+        for k, g in enumerate(curves):
             by_step: dict[tuple[int, str], list[float]] = {}
             for curve in g["curves"].values():
                 for step, name, acc in curve:
@@ -79,7 +88,8 @@ def steps_plot(study: Study, summary: dict, path: Path) -> bool:
             for name in sorted({n for _, n in by_step}):
                 pts = sorted((s, sum(v) / len(v)) for (s, n), v in by_step.items() if n == name)
                 label = f"{g['recipe']}{'' if g['value'] is None else ' ' + str(g['value'])} {name}"
-                ax.plot(*zip(*pts, strict=True), marker="o", ms=3, label=label)
+                style = {"color": colours[k % len(colours)], "ls": "--" if name == "test" else "-"}
+                ax.plot(*zip(*pts, strict=True), marker="o", ms=3, label=label, **style)
         ax.set(xlabel="training step", ylabel="zero-shot acc1", title="zero-shot during training (mean over seeds)")
         ax.legend(fontsize=6)
     if numeric:

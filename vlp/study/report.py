@@ -75,10 +75,32 @@ def aggregate(study: Study) -> dict:
                     if all(n in control[s]["vectors"] for s in paired)
                 }
         group["curves"] = {s: by_seed[s].get("curve", []) for s in seeds}
+        group["diagnostics"] = diagnostics_means([by_seed[s].get("diagnostics") for s in seeds])
         groups.append(group)
     order = {r.name: i for i, r in enumerate(study.recipes)}
     groups.sort(key=lambda g: (g["recipe"] != START, str(g["value"]), order.get(g["recipe"], -1)))
     return {"study": study.name, "control": study.control, "vary": study.vary_key, "groups": groups, "missing": missing}
+
+
+def diagnostics_means(records: list[dict | None]) -> dict[str, float]:
+    """Mean over seeds of the diagnostics' headline numbers: the text cosine between each relation probe
+    caption and its flip, and the relation probe's accuracy on image features before and after pooling."""
+    records = [r for r in records if r]
+    if not records:
+        return {}
+    values: dict[str, list[float]] = defaultdict(list)
+    for r in records:
+        for probes, subsets in r.get("text_cosines", {}).items():
+            for subset, c in subsets.items():
+                if subset.endswith("replace_rel"):
+                    values[f"cosine {probes}/{subset}"].append(c["mean"])
+        target = r.get("relation_probe", {}).get("targets", {}).get("relation", {})
+        for where in ("spatial", "pooled"):
+            if "accuracy" in target.get(where, {}):
+                values[f"relation probe, {where}"].append(target[where]["accuracy"])
+        if "chance" in target:
+            values["relation probe, chance"].append(target["chance"])
+    return {k: sum(v) / len(v) for k, v in values.items()}
 
 
 def _pct(s: dict) -> str:
@@ -142,6 +164,19 @@ def tables(study: Study, summary: dict) -> str:
                 )
     if rows:
         lines += [f"## Paired against the control `{study.control}`", "", markdown_table(rows, list(rows[0])), ""]
+    rows = [{"recipe": _label(g, study), **{k: f"{v:.3f}" for k, v in g["diagnostics"].items()}} for g in groups]
+    if any(len(r) > 1 for r in rows):
+        cols = list(dict.fromkeys(k for r in rows for k in r))
+        lines += [
+            "## Diagnostics (mean over seeds): which tower is blind",
+            "",
+            "Text: mean cosine between each relation probe's caption and its flip (1.0: the text tower cannot "
+            "tell them apart). Image: a linear probe's accuracy at reading the relation from frozen image "
+            "features of fresh scenes, before and after the tower's pooling.",
+            "",
+            markdown_table([{c: r.get(c, "") for c in cols} for r in rows], cols),
+            "",
+        ]
     if summary["missing"]:
         lines += [f"Missing cells: {', '.join(summary['missing'])}", ""]
     return "\n".join(lines)
