@@ -10,12 +10,13 @@ TORCH  ?= torch==2.14.1 torchvision==0.29.1
 STAMP  := $(VENV)/.installed
 DATA   ?= data/shapes
 
-.PHONY: demo test lint bench clean help
+.PHONY: demo test lint bench clean help study
 
 help:
 	@echo "make demo   generate the shapes world, train a tiny CLIP under DeepSpeed ZeRO-2 (2 CPU processes), export it"
 	@echo "make test   run the test suite (and ruff)"
 	@echo "make bench  run the benchmarks in benchmarks/"
+	@echo "make study STUDY=main   run (or resume) configs/studies/STUDY.yaml after make demo"
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -36,6 +37,13 @@ demo: $(STAMP)
 	@echo
 	$(BIN)/vlp-eval compositional --model local-dir:runs/demo/export --benchmark shapes \
 		--data $(DATA)/compositional --out runs/demo/compositional_shapes.json
+
+# A seeded study (configs/studies/$(STUDY).yaml) on the demo's world and export: resumable, one cell
+# at a time; the second drawing of the world's probes is generated first (once).
+STUDY ?= main
+study: $(STAMP)
+	$(BIN)/vlp-data shapes-probes --out data/shapes_alt --drawing alt
+	$(BIN)/vlp-study --config configs/studies/$(STUDY).yaml
 
 test: $(STAMP)
 	$(BIN)/ruff check .

@@ -128,13 +128,13 @@ def _tiny_study(tmp_path: Path, world: Path, exported: Path) -> Path:
     ]
     body = {
         "name": "tiny",
-        "description": "two recipes, two seeds, four steps each",
+        "description": "CLIP and DCL, two seeds, four steps each",
         "control": "clip",
         "seeds": [0, 1],
         "overrides": common,
         "recipes": {
             "clip": {"config": str(REPO / "configs/clip.yaml")},
-            "negclip": {"config": str(REPO / "configs/negclip.yaml"), "overrides": ["data.negatives=2"]},
+            "dcl": {"config": str(REPO / "configs/dcl.yaml")},
         },
         "evaluate": {
             "start": str(exported),
@@ -164,7 +164,7 @@ def test_tiny_study_interrupted_resumed_and_aggregated(tmp_path, world, exported
     path = _tiny_study(tmp_path, world, exported)
     results, runs = tmp_path / "results", tmp_path / "runs"
     # 1. Ctrl-C (SIGINT to the whole process group, as a terminal sends it) during the first trained cell.
-    slow = environment(step_sleep=1.0)
+    slow = environment(step_sleep=0.5)
     proc = _study(["--config", str(path)], env=slow)
     metrics = runs / "clip__seed0" / "metrics.jsonl"
     deadline = time.monotonic() + 180
@@ -187,28 +187,28 @@ def test_tiny_study_interrupted_resumed_and_aggregated(tmp_path, world, exported
     log = (runs / "clip__seed0.log").read_text()
     assert "resum" in log.lower()
     cells = {p.stem: json.loads(p.read_text()) for p in (results / "cells").glob("*.json")}
-    assert set(cells) == {"start", "clip__seed0", "negclip__seed0", "clip__seed1", "negclip__seed1"}
-    cell = cells["negclip__seed1"]
+    assert set(cells) == {"start", "clip__seed0", "dcl__seed0", "clip__seed1", "dcl__seed1"}
+    cell = cells["dcl__seed1"]
     assert cell["seed"] == 1 and cell["train"]["steps"] == 4 and cell["resolved_config"]["train"]["seed"] == 1
     m = cell["metrics"]["shapes/replace_rel"]
     assert len(m["items"]) == m["n"] and m["items"].count("1") == m["correct"]
     assert m["accuracy"] == pytest.approx(m["correct"] / m["n"])
     assert [row[0] for row in cell["curve"]] == [2, 4]
-    assert not (runs / "negclip__seed1" / "checkpoints").exists() and (runs / "negclip__seed1" / "export").is_dir()
+    assert not (runs / "dcl__seed1" / "checkpoints").exists() and (runs / "dcl__seed1" / "export").is_dir()
 
     # 3. The aggregate: intervals, paired tests against the control, table and plots.
     summary = json.loads((results / "summary.json").read_text())
     groups = {g["recipe"]: g for g in summary["groups"]}
     assert groups["clip"]["seeds"] == [0, 1] and summary["missing"] == []
-    neg = groups["negclip"]
-    items = [[int(c) for c in cells[f"negclip__seed{s}"]["metrics"]["shapes/replace_rel"]["items"]] for s in (0, 1)]
+    neg = groups["dcl"]
+    items = [[int(c) for c in cells[f"dcl__seed{s}"]["metrics"]["shapes/replace_rel"]["items"]] for s in (0, 1)]
     assert neg["metrics"]["shapes/replace_rel"]["mean"] == pytest.approx(np.mean(items))
     vs = neg["vs_control"]["shapes/replace_rel"]
     ctrl = [[int(c) for c in cells[f"clip__seed{s}"]["metrics"]["shapes/replace_rel"]["items"]] for s in (0, 1)]
     assert vs["delta"] == pytest.approx(np.mean(items) - np.mean(ctrl))
     assert vs["mcnemar"]["b"] == int(np.sum((np.array(items) == 1) & (np.array(ctrl) == 0)))
     pooled = neg["metrics"]["shapes/pooled"]
-    assert pooled["n"] == sum(v["n"] for k, v in cells["negclip__seed0"]["metrics"].items() if k.startswith("shapes/"))
+    assert pooled["n"] == sum(v["n"] for k, v in cells["dcl__seed0"]["metrics"].items() if k.startswith("shapes/"))
     table = (results / "table.md").read_text()
     assert "## Paired against the control `clip`" in table and "shapes/heldout/replace_rel" in table
     for plot in ("probes.png", "steps.png", "tradeoff.png"):
