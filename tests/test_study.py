@@ -218,3 +218,18 @@ def test_tiny_study_interrupted_resumed_and_aggregated(tmp_path, world, exported
     proc = _study(["--config", str(path), "--list"])
     out, _ = proc.communicate(timeout=120)
     assert out.count("done  ") == 5 and "todo" not in out
+
+
+def test_a_cell_that_cannot_be_evaluated_fails_with_one_message(tmp_path, exported, capsys):
+    empty = tmp_path / "probes"
+    empty.mkdir()
+    body = {
+        **BASE,
+        "recipes": {"clip": {"config": str(REPO / "configs/clip.yaml")}},
+        "evaluate": {"start": str(exported), "probes": {"shapes": str(empty)}},
+        "results": str(tmp_path / "results"),
+    }
+    assert vlp_study(["--config", str(_study_file(tmp_path, body))]) == 1
+    err = capsys.readouterr().err
+    assert "cell start: evaluating" in err and f"{empty} holds no SugarCrepe" in err
+    assert not (tmp_path / "results" / "cells" / "start.json").exists()

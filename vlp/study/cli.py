@@ -78,15 +78,25 @@ def _curve(run_dir: Path) -> list[tuple[int, str, float]]:
     return rows
 
 
-def run_cell(study: Study, cell: Cell, log) -> dict:
+def _evaluate(spec: str, study: Study, cell: Cell) -> dict:
+    from eval_zeroshot.datasets import DatasetError
+    from eval_zeroshot.models import ModelError
+
     from .evaluate import evaluate_export
 
+    try:
+        return evaluate_export(spec, study.evaluate)
+    except (DatasetError, ModelError, ValueError, OSError) as exn:
+        raise CellFailed(f"cell {cell.name}: evaluating {spec} failed: {exn}") from None
+
+
+def run_cell(study: Study, cell: Cell, log) -> dict:
     record: dict = {"study": study.name, "cell": cell.name, "recipe": cell.recipe, "seed": cell.seed}
     if cell.recipe == START:
         start = time.perf_counter()
         spec = study.evaluate.start
         spec = f"local-dir:{spec}" if Path(spec).is_dir() else spec  # an export folder, or any open_clip spec
-        record.update(evaluate_export(spec, study.evaluate), model=spec)
+        record.update(_evaluate(spec, study, cell), model=spec)
         record["eval_seconds"] = time.perf_counter() - start
         return record
     run_dir = Path(study.runs) / cell.name
@@ -97,7 +107,7 @@ def run_cell(study: Study, cell: Cell, log) -> dict:
         f"  trained in {train_seconds:.0f} s (loss {summary['first_loss_mean']:.3f} -> {summary['last_loss_mean']:.3f})"
     )
     start = time.perf_counter()
-    record.update(evaluate_export(f"local-dir:{run_dir / 'export'}", study.evaluate))
+    record.update(_evaluate(f"local-dir:{run_dir / 'export'}", study, cell))
     record.update(
         vary={"key": study.vary_key, "value": cell.value} if study.vary_key else None,
         config=recipe.config,
