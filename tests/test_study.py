@@ -233,3 +233,20 @@ def test_a_cell_that_cannot_be_evaluated_fails_with_one_message(tmp_path, export
     err = capsys.readouterr().err
     assert "cell start: evaluating" in err and f"{empty} holds no SugarCrepe" in err
     assert not (tmp_path / "results" / "cells" / "start.json").exists()
+
+
+def test_two_processes_share_a_study_through_claims(tmp_path, monkeypatch):
+    """A cell taken by a live process is skipped by another; a claim whose process is gone is taken over."""
+    from vlp.study.cells import Cell, claim
+
+    monkeypatch.chdir(REPO)
+    study = load_study(_study_file(tmp_path, {**BASE, "results": str(tmp_path / "results")}))
+    cell = Cell("clip", 0)
+    mine = claim(study, cell)
+    assert mine is not None and mine.read_text() == str(os.getpid())
+    assert claim(study, cell) is None  # held by a live process (this one)
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    mine.write_text(str(gone.pid))  # as if a process that has exited held it
+    again = claim(study, cell)
+    assert again == mine and again.read_text() == str(os.getpid())

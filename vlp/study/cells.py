@@ -5,6 +5,7 @@ exactly when its JSON exists. An interrupted cell resumes from its newest checkp
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -55,6 +56,28 @@ def cells_of(study: Study) -> list[Cell]:
 
 def result_path(study: Study, cell: Cell) -> Path:
     return Path(study.results) / "cells" / f"{cell.name}.json"
+
+
+def claim(study: Study, cell: Cell) -> Path | None:
+    """Mark the cell as taken by this process (``cells/NAME.running`` holding its pid), so that two
+    ``vlp-study`` processes can share a study, each on its own cells. None when a live process holds it;
+    a claim left by a process that is gone is taken over."""
+    path = result_path(study, cell).with_suffix(".running")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for _ in range(2):
+        try:
+            with open(path, "x") as f:
+                f.write(str(os.getpid()))
+            return path
+        except FileExistsError:
+            try:
+                os.kill(int(path.read_text().strip() or "0"), 0)
+                return None  # alive
+            except (ProcessLookupError, ValueError):
+                path.unlink(missing_ok=True)  # stale: its process is gone
+            except PermissionError:
+                return None  # alive, another user's
+    return None
 
 
 def train_command(study: Study, cell: Cell, run_dir: Path) -> list[str]:

@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from .cells import START, Cell, CellFailed, Interrupted, cells_of, finish_cell, result_path, train_cell
+from .cells import START, Cell, CellFailed, Interrupted, cells_of, claim, finish_cell, result_path, train_cell
 from .report import write_report
 from .spec import Study, StudyError, load_study
 
@@ -167,10 +167,19 @@ def main(argv: list[str] | None = None) -> int:
         for i, cell in enumerate(todo, 1):
             if args.max_cells and ran >= args.max_cells:
                 break
+            if result_path(study, cell).is_file():
+                continue  # finished meanwhile by another vlp-study process
+            claimed = claim(study, cell)
+            if claimed is None:
+                print(f"[{i}/{len(todo)}] {cell.name}: being run by another vlp-study process; skipped", flush=True)
+                continue
             print(f"[{i}/{len(todo)}] {cell.name}", flush=True)
             start = time.perf_counter()
             try:
                 record = run_cell(study, cell, lambda m: print(m, flush=True))
+                record.update(machine=_machine(), vlp_commit=_commit(), seconds=time.perf_counter() - start)
+                run_dir = None if cell.recipe == START else Path(study.runs) / cell.name
+                path = finish_cell(study, cell, record, run_dir)  # done, before the claim is released
             except (Interrupted, KeyboardInterrupt):
                 print(f"interrupted during {cell.name}; rerun the same command to resume it", file=sys.stderr)
                 return 130
@@ -178,8 +187,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"vlp-study: {exn}", file=sys.stderr)
                 write_report(study)
                 return 1
-            record.update(machine=_machine(), vlp_commit=_commit(), seconds=time.perf_counter() - start)
-            path = finish_cell(study, cell, record, None if cell.recipe == START else Path(study.runs) / cell.name)
+            finally:
+                claimed.unlink(missing_ok=True)
             ran += 1
             shown = {
                 k: f"{v['accuracy']:.3f}"
