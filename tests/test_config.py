@@ -132,6 +132,7 @@ def test_recipes_state_their_papers_optimisation(recipe):
         ),
         (["data.neighbours=true", "data.neighbour_kinds=[]"], "data.neighbour_kinds: a non-empty list"),
         (["objective.ema_decay=1.5"], r"objective.ema_decay: must be in \[0, 1\]"),
+        (["data.neighbours=true", "data.neighbour_kinds=[mirror]"], r"unknown kind\(s\) \['mirror'\]; the shapes"),
     ],
 )
 def test_new_data_and_proto_keys_are_checked(overrides, message):

@@ -47,6 +47,19 @@ def test_bootstrap_widens_with_seed_disagreement():
     assert d["hi"] - d["lo"] > 2 * (a["hi"] - a["lo"])  # seeds at 20/50/80% cannot give a tight mean
 
 
+def test_seeds_that_agree_add_no_evidence():
+    """Every seed scores the same items: three identical seeds are one seed's evidence, not three."""
+    items = np.r_[np.ones(150), np.zeros(150)]
+    one, three = bootstrap_ci([items]), bootstrap_ci([items] * 3)
+    assert (three["lo"], three["hi"]) == (one["lo"], one["hi"])
+
+
+def test_mcnemar_beyond_a_float_power_of_two():
+    """1100 discordant items: 2.0**1100 overflows a float; the exact test must still answer."""
+    p = binomial_two_sided(500, 1100)
+    assert 0.001 < p < 0.01  # normal approximation: z = (550-500)/sqrt(275) = 3.0 -> p = 0.0027
+
+
 def test_paired_tests_by_hand():
     control = [np.r_[np.ones(100), np.zeros(100)]]
     same = paired_bootstrap(control, control)
@@ -206,7 +219,8 @@ def test_tiny_study_interrupted_resumed_and_aggregated(tmp_path, world, exported
     vs = neg["vs_control"]["shapes/replace_rel"]
     ctrl = [[int(c) for c in cells[f"clip__seed{s}"]["metrics"]["shapes/replace_rel"]["items"]] for s in (0, 1)]
     assert vs["delta"] == pytest.approx(np.mean(items) - np.mean(ctrl))
-    assert vs["mcnemar"]["b"] == int(np.sum((np.array(items) == 1) & (np.array(ctrl) == 0)))
+    for k in (0, 1):  # one exact test per seed
+        assert vs["mcnemar"][k]["b"] == int(np.sum((np.array(items[k]) == 1) & (np.array(ctrl[k]) == 0)))
     pooled = neg["metrics"]["shapes/pooled"]
     assert pooled["n"] == sum(v["n"] for k, v in cells["dcl__seed0"]["metrics"].items() if k.startswith("shapes/"))
     table = (results / "table.md").read_text()

@@ -7,6 +7,7 @@ import difflib
 from pathlib import Path
 
 from data_pipelines.loader import MODES, NEGATIVE_SAMPLING
+from data_pipelines.sources.shapes.twins import TWIN_KINDS
 
 from ..objectives.registry import HEADS, NEGATIVES, TERMS, not_accumulating, terms_needing
 from .schema import PRECISIONS, Config, ConfigError
@@ -75,6 +76,11 @@ def validate(cfg: Config) -> None:
         d.neighbour_kinds is None
         or (d.neighbours and d.neighbour_kinds and all(isinstance(k, str) and k for k in d.neighbour_kinds)),
         f"data.neighbour_kinds: a non-empty list of kinds, with data.neighbours=true; got {d.neighbour_kinds!r}",
+    )
+    unknown = sorted(set(d.neighbour_kinds or ()) - set(TWIN_KINDS))
+    _check(
+        not unknown,
+        f"data.neighbour_kinds: unknown kind(s) {unknown}; the shapes world's twins are {', '.join(TWIN_KINDS)}",
     )
     o = cfg.objective
     # 1.0: the teacher stays the starting model (distillation to a frozen copy of where the run began).

@@ -71,7 +71,10 @@ def claim(study: Study, cell: Cell) -> Path | None:
             return path
         except FileExistsError:
             try:
-                os.kill(int(path.read_text().strip() or "0"), 0)
+                pid = int(path.read_text().strip() or "0")
+                if pid <= 0:
+                    raise ValueError(pid)  # empty or garbled (kill(0, 0) would test our own group)
+                os.kill(pid, 0)
                 return None  # alive
             except (ProcessLookupError, ValueError):
                 path.unlink(missing_ok=True)  # stale: its process is gone
@@ -100,12 +103,14 @@ def _has_checkpoint(run_dir: Path) -> bool:
     return any((run_dir / "checkpoints").glob("step_*"))
 
 
-def train_cell(study: Study, cell: Cell, run_dir: Path, log: Callable[[str], None]) -> float:
+def train_cell(study: Study, cell: Cell, run_dir: Path, log: Callable[[str], None]) -> float | None:
     """Run the cell's training (resuming when a checkpoint is there); returns its wall seconds."""
     if run_dir.exists() and not _has_checkpoint(run_dir) and not (run_dir / "export").is_dir():
         shutil.rmtree(run_dir)  # stopped before its first checkpoint: nothing to resume, start clean
     if (run_dir / "export").is_dir() and (run_dir / "summary.json").is_file():
-        return json.loads((run_dir / "summary.json").read_text()).get("seconds", 0.0)
+        # A finished run already there (a crash after training, or a run placed there by hand): reused;
+        # its summary's resolved config is what the cell records.
+        return json.loads((run_dir / "summary.json").read_text()).get("seconds")
     run_dir.parent.mkdir(parents=True, exist_ok=True)
     cmd = train_command(study, cell, run_dir)
     log_path = run_dir.parent / f"{cell.name}.log"

@@ -103,9 +103,10 @@ def run_cell(study: Study, cell: Cell, log) -> dict:
     recipe = next(r for r in study.recipes if r.name == cell.recipe)
     train_seconds = train_cell(study, cell, run_dir, log)
     summary = json.loads((run_dir / "summary.json").read_text())
-    log(
-        f"  trained in {train_seconds:.0f} s (loss {summary['first_loss_mean']:.3f} -> {summary['last_loss_mean']:.3f})"
-    )
+    losses = [summary.get(k) for k in ("first_loss_mean", "last_loss_mean")]
+    shown = " -> ".join("n/a" if x is None else f"{x:.3f}" for x in losses)  # None: resumed at the very end
+    took = "reused a finished run" if train_seconds is None else f"trained in {train_seconds:.0f} s"
+    log(f"  {took} (loss {shown})")
     start = time.perf_counter()
     record.update(_evaluate(f"local-dir:{run_dir / 'export'}", study, cell))
     record.update(
@@ -114,6 +115,8 @@ def run_cell(study: Study, cell: Cell, log) -> dict:
         overrides=list(study.overrides) + list(recipe.overrides),
         resolved_config=summary["config"],
         train={k: summary[k] for k in ("steps", "skipped_steps", "first_loss_mean", "last_loss_mean")},
+        # Wall seconds of the training in this study's process (the last attempt, when resumed); None when
+        # the cell reused a finished run found in its folder (trained by another command).
         train_seconds=train_seconds,
         eval_seconds=time.perf_counter() - start,
         curve=_curve(run_dir),
@@ -153,6 +156,9 @@ def main(argv: list[str] | None = None) -> int:
             )
             return 2
         signal.signal(signal.SIGTERM, _on_sigterm)
+        # Started in the background (nohup, `&`), a process inherits SIGINT ignored; Ctrl-C / kill -INT
+        # must still stop the study at a checkpoint.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         if args.threads:
             import torch
 

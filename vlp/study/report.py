@@ -66,9 +66,8 @@ def aggregate(study: Study) -> dict:
                         **paired_bootstrap(
                             [by_seed[s]["vectors"][n] for s in paired], [control[s]["vectors"][n] for s in paired]
                         ),
-                        "mcnemar": mcnemar(
-                            [by_seed[s]["vectors"][n] for s in paired], [control[s]["vectors"][n] for s in paired]
-                        ),
+                        # Per seed: pooling items over seeds would count the same item as new evidence.
+                        "mcnemar": [mcnemar([by_seed[s]["vectors"][n]], [control[s]["vectors"][n]]) for s in paired],
                         "seeds": paired,
                     }
                     for n in names
@@ -78,7 +77,8 @@ def aggregate(study: Study) -> dict:
         group["diagnostics"] = diagnostics_means([by_seed[s].get("diagnostics") for s in seeds])
         groups.append(group)
     order = {r.name: i for i, r in enumerate(study.recipes)}
-    groups.sort(key=lambda g: (g["recipe"] != START, str(g["value"]), order.get(g["recipe"], -1)))
+    values = {v: i for i, v in enumerate(study.vary_values)}  # the study's order (numbers stay numeric)
+    groups.sort(key=lambda g: (g["recipe"] != START, values.get(g["value"], -1), order.get(g["recipe"], -1)))
     return {"study": study.name, "control": study.control, "vary": study.vary_key, "groups": groups, "missing": missing}
 
 
@@ -157,13 +157,23 @@ def tables(study: Study, summary: dict) -> str:
                         "recipe": _label(g, study),
                         "metric": m,
                         "Δ vs control (pts)": f"{100 * c['delta']:+.1f} [{100 * c['lo']:+.1f}, {100 * c['hi']:+.1f}]",
-                        "McNemar b/c": f"{c['mcnemar']['b']}/{c['mcnemar']['c']}",
-                        "p (McNemar)": f"{c['mcnemar']['p']:.2g}",
+                        "paired seeds": ",".join(str(s) for s in c["seeds"]),
+                        "McNemar b/c per seed": " ".join(f"{m['b']}/{m['c']}" for m in c["mcnemar"]),
+                        "p per seed": " ".join(f"{m['p']:.2g}" for m in c["mcnemar"]),
                         "separates": "yes" if c["lo"] > 0 or c["hi"] < 0 else "no",
                     }
                 )
     if rows:
-        lines += [f"## Paired against the control `{study.control}`", "", markdown_table(rows, list(rows[0])), ""]
+        lines += [
+            f"## Paired against the control `{study.control}`",
+            "",
+            "Δ: paired bootstrap over the paired seeds and the items (the same draws for both recipes); "
+            "'separates' when its 95% interval excludes 0. McNemar: exact, one test per seed. No correction "
+            "for the number of comparisons: with many rows, expect about one in twenty to separate by chance.",
+            "",
+            markdown_table(rows, list(rows[0])),
+            "",
+        ]
     rows = [{"recipe": _label(g, study), **{k: f"{v:.3f}" for k, v in g["diagnostics"].items()}} for g in groups]
     if any(len(r) > 1 for r in rows):
         cols = list(dict.fromkeys(k for r in rows for k in r))

@@ -32,14 +32,18 @@ def _as_matrix(per_seed: Sequence[Sequence[int] | np.ndarray]) -> np.ndarray:
 
 
 def _two_level_means(x: np.ndarray, samples: int, rng: np.random.Generator) -> np.ndarray:
-    """Bootstrap replicates of the grand mean of ``x`` (seeds × items): seeds, then items, resampled."""
+    """Bootstrap replicates of the grand mean of ``x`` (seeds × items): seeds, then items, resampled.
+
+    Every seed scores the *same* items, so one draw of items is shared by all seeds of a replicate
+    (a crossed design); drawing items afresh per seed would treat them as new items and narrow the
+    interval by up to sqrt(seeds)."""
     s, n = x.shape
     out = np.empty(samples)
     chunk = max(1, 2_000_000 // (s * n))  # bounded memory for pooled metrics of thousands of items
     for start in range(0, samples, chunk):
         m = min(chunk, samples - start)
         seeds = rng.integers(0, s, size=(m, s))
-        items = rng.integers(0, n, size=(m, s, n))
+        items = rng.integers(0, n, size=(m, 1, n))
         out[start : start + m] = x[seeds[:, :, None], items].mean(axis=(1, 2))
     return out
 
@@ -85,8 +89,8 @@ def binomial_two_sided(k: int, n: int) -> float:
     """P(X ≤ k or X ≥ n − k) for X ~ Binomial(n, 1/2), k ≤ n/2 (1.0 when n = 0)."""
     if n == 0:
         return 1.0
-    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2.0**n
-    return min(1.0, 2.0 * tail)
+    # Exact in integers: 2.0**n overflows a float beyond n = 1023 discordant items.
+    return min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2**n)
 
 
 def wilson(correct: int, n: int, z: float = 1.959964) -> tuple[float, float]:
