@@ -68,6 +68,14 @@ class StreamingLoader:
         worker_nice: added to the workers' niceness (0-19). When training on the CPU, workers that
             yield to the compute threads keep a step's parallel regions from stalling on a
             preempted thread; the scheduler still gives them every idle cycle.
+        read_retries: a shard whose opening or reading fails transiently (a ``pipe:`` command exiting
+            non-zero, an fsspec or network error, any stream but a local file's breaking off) is read
+            again up to this many times, passing over the samples already delivered, before it counts
+            as skipped (``unreadable_shard``/``truncated_shard``); each retry counts as
+            ``shard_read_retries`` in :attr:`skipped`. 0: no retries. See
+            :func:`~data_pipelines.shards.reader.iter_shard` for which failures are retried.
+        retry_backoff_s: wait this long before the first retry of a shard, twice as long before the
+            next, and so on.
     """
 
     def __init__(
@@ -96,6 +104,8 @@ class StreamingLoader:
         negative_sampling: str = "random",
         neighbours: bool = False,
         neighbour_kinds: Sequence[str] | None = None,
+        read_retries: int = 3,
+        retry_backoff_s: float = 1.0,
     ):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -107,6 +117,8 @@ class StreamingLoader:
             raise ValueError(f"worker_nice must be in 0..19, got {worker_nice}")
         if num_workers < 0 or num_negatives < 0:
             raise ValueError("num_workers and num_negatives must not be negative")
+        if read_retries < 0 or not retry_backoff_s >= 0:
+            raise ValueError(f"read_retries ({read_retries}) and retry_backoff_s ({retry_backoff_s}) must be >= 0")
         if mode == "split" and weights is not None and any(w != 1 for w in weights):
             raise ValueError("source weights need mode='resampled' (split mode reads every sample once)")
         if rank is None or world_size is None:
@@ -158,6 +170,8 @@ class StreamingLoader:
             negative_sampling=negative_sampling,
             neighbours=neighbours,
             neighbour_kinds=neighbour_kinds,
+            read_retries=read_retries,
+            retry_backoff_s=retry_backoff_s,
         )
         self._reset_epoch(0)
         self._skipped_done: dict[str, int] = {}
@@ -173,7 +187,8 @@ class StreamingLoader:
 
     @property
     def skipped(self) -> dict[str, int]:
-        """Skipped samples and shards by reason, over everything the caller has received."""
+        """Skipped samples and shards by reason, over everything the caller has received (with
+        ``shard_read_retries``: shard reads tried again, whether they then succeeded or not)."""
         total: dict[str, int] = dict(self._skipped_done)
         for counts in self._worker_skips.values():
             for k, v in counts.items():

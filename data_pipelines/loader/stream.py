@@ -61,6 +61,8 @@ class ShardStream(IterableDataset):
         negative_sampling: str = "random",
         neighbours: bool = False,
         neighbour_kinds: Sequence[str] | None = None,
+        read_retries: int = 3,
+        retry_backoff_s: float = 1.0,
     ):
         self.sources = list(sources)
         self.mode = mode
@@ -84,6 +86,8 @@ class ShardStream(IterableDataset):
         self.drop_last = drop_last
         self.batches_per_worker = batches_per_worker
         self.max_consecutive_skips = max_consecutive_skips
+        self.read_retries = read_retries
+        self.retry_backoff_s = retry_backoff_s
         # Set by the loader before each epoch's DataLoader is created.
         self.epoch = 0
         self.rotation = 0
@@ -103,15 +107,18 @@ class ShardStream(IterableDataset):
             source = rng.choices(self.sources, weights)[0]
             yield source.urls[rng.randrange(len(source.urls))]
 
+    def _read(self, url: str, counter: SkipCounter) -> Iterator[dict]:
+        return iter_shard(url, counter, retries=self.read_retries, backoff_s=self.retry_backoff_s)
+
     def _raw_samples(self, worker: int, workers: int, counter: SkipCounter) -> Iterator[dict]:
         if self.mode == "split":
             for url in self._split_urls(worker, workers):
-                yield from iter_shard(url, counter)
+                yield from self._read(url, counter)
             return
         empty = 0
         for url in self._resampled_urls(worker):
             n = 0
-            for sample in iter_shard(url, counter):
+            for sample in self._read(url, counter):
                 n += 1
                 yield sample
             empty = 0 if n else empty + 1

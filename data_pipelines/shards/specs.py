@@ -52,6 +52,11 @@ def _local_path(url: str) -> str | None:
     return None
 
 
+def is_local_url(url: str) -> bool:
+    """Whether ``url`` names a local file (a path or a ``file://`` URL)."""
+    return _local_path(url) is not None
+
+
 def expand_spec(spec: str) -> list[str]:
     """The shard URLs of one source spec, in order; local specs are checked to exist."""
     spec = spec.strip()
