@@ -10,11 +10,12 @@ TORCH  ?= torch==2.14.1 torchvision==0.29.1
 STAMP  := $(VENV)/.installed
 DATA   ?= data/shapes
 
-.PHONY: demo test lint bench clean help study
+.PHONY: demo test faults lint bench clean help study
 
 help:
 	@echo "make demo   generate the shapes world, train a tiny CLIP under DeepSpeed ZeRO-2 (2 CPU processes), export it"
 	@echo "make test   run the test suite (and ruff)"
+	@echo "make faults inject faults into real runs (kill -9, damaged checkpoints, a full disk, stalled ranks; ~10 min, root)"
 	@echo "make bench  run the benchmarks in benchmarks/"
 	@echo "make study STUDY=main   run (or resume) configs/studies/STUDY.yaml after make demo"
 
@@ -47,7 +48,11 @@ study: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q -m "not faults" tests
+
+# Runs with injected faults (README "Faults and recovery"); the full-disk test mounts a tmpfs (root).
+faults: $(STAMP)
+	$(BIN)/python -m pytest -q -m faults tests/test_faults.py
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/loader.py

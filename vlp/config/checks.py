@@ -34,8 +34,11 @@ def validate(cfg: Config) -> None:
     _check(t.max_nonfinite_steps >= 1, f"train.max_nonfinite_steps: must be at least 1, got {t.max_nonfinite_steps}")
     _check(t.precision in PRECISIONS, f"train.precision: must be one of {', '.join(PRECISIONS)}, got {t.precision!r}")
     _check(t.threads >= 0, f"train.threads: must not be negative, got {t.threads}")
+    _check(t.collective_timeout_s > 0, f"train.collective_timeout_s: must be positive, got {t.collective_timeout_s}")
     _check(d.mode in MODES, f"data.mode: must be one of {', '.join(MODES)}, got {d.mode!r}")
     _check(d.workers >= 0, f"data.workers: must not be negative, got {d.workers}")
+    _check(d.read_retries >= 0, f"data.read_retries: must not be negative, got {d.read_retries}")
+    _check(d.retry_backoff_s >= 0, f"data.retry_backoff_s: must not be negative, got {d.retry_backoff_s}")
     _check(
         d.worker_nice is None or 0 <= d.worker_nice <= 19,
         f"data.worker_nice: must be in 0..19, got {d.worker_nice}",

@@ -55,6 +55,11 @@ class DataConfig:
     # Only samples whose neighbour is of these kinds (the JSON neighbour's "twin": the shapes world's
     # mirror_relation, swap_colours, replace_colour); the others are filtered out of the stream.
     neighbour_kinds: list[str] | None = None
+    # A shard whose opening or reading fails (a `pipe:` command exiting non-zero, an fsspec or network
+    # error) is tried again this many times, waiting retry_backoff_s, then twice as long each time,
+    # before it counts as skipped (`unreadable_shard` / `truncated_shard`); retries are counted too.
+    read_retries: int = 3
+    retry_backoff_s: float = 1.0
 
 
 @dataclass
@@ -78,6 +83,11 @@ class TrainConfig:
     max_nonfinite_steps: int = 5  # stop after this many skipped (non-finite) steps in a row
     local_loss: bool = False  # local rows x global columns (open_clip's --local-loss)
     threads: int = 0  # torch threads per process; 0 = cores / processes on this machine
+    # Seconds a collective (all-reduce, barrier, ...) may wait for the other ranks before the run stops
+    # with an error naming the rank that stopped answering; passed to the process group (gloo/NCCL,
+    # DDP and DeepSpeed alike). Rank-0-only work between collectives (export, world generation) must
+    # fit in it.
+    collective_timeout_s: float = 300.0
 
 
 @dataclass

@@ -22,18 +22,21 @@ from accelerate.utils import InitProcessGroupKwargs
 from ..config import TrainConfig
 from ..distributed import any_rank
 from ..model import MAX_LOGIT_SCALE
+from .collectives import process_group_timeout
 from .errors import TrainingError
 
 LOW_PRECISION = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def make_accelerator(precision: str) -> Accelerator:
+def make_accelerator(precision: str, collective_timeout_s: float) -> Accelerator:
     launched = "WORLD_SIZE" in os.environ or "RANK" in os.environ  # by accelerate/torchrun, even with 1 process
     cpu_only = not torch.cuda.is_available()
     deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
     # Without CUDA there is no NCCL: DeepSpeed and DDP run over gloo (verified on CPU). accelerate
     # starts CPU DDP through the same torchrun launcher as GPU DDP and needs cpu=True to pick it.
-    handlers = [InitProcessGroupKwargs(backend="gloo")] if launched and cpu_only else []
+    # The timeout reaches torch's process group and DeepSpeed's init_distributed alike.
+    timeout = process_group_timeout(collective_timeout_s)
+    handlers = [InitProcessGroupKwargs(backend="gloo" if cpu_only else None, timeout=timeout)] if launched else []
     mixed = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[precision]
     return Accelerator(mixed_precision=mixed, kwargs_handlers=handlers, cpu=cpu_only and not deepspeed)
 
@@ -41,7 +44,7 @@ def make_accelerator(precision: str) -> Accelerator:
 class Backend:
     def __init__(self, train: TrainConfig):
         self.cfg = train
-        self.acc = make_accelerator(train.precision)
+        self.acc = make_accelerator(train.precision, train.collective_timeout_s)
         plugin = self.acc.state.deepspeed_plugin
         self.deepspeed = plugin is not None
         self.zero_stage: int | None = plugin.zero_stage if plugin is not None else None

@@ -17,6 +17,7 @@ from data_pipelines.shards.specs import SpecError, parse_sources
 
 from ..config import ConfigError, load_config, to_yaml
 from ..model import check_spec
+from .collectives import is_collective_failure
 from .errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, TrainingError
 from .loop import train
 from .setup import build_run
@@ -68,4 +69,16 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     except (TrainingError, DataPipelineError) as exn:  # the data stream failed fast: say why, no traceback
         print(f"vlp-train: error: {exn}", file=sys.stderr)
+        return EXIT_FAILED
+    except OSError as exn:  # e.g. a full disk while writing logs: name the file, no traceback
+        print(f"vlp-train: error: {exn}", file=sys.stderr)
+        return EXIT_FAILED
+    except RuntimeError as exn:
+        if not is_collective_failure(exn):
+            raise
+        # While the run was being built or restored: no heartbeat yet to say who is missing.
+        print(
+            f"vlp-train: error: the other ranks stopped answering while the run was being set up: {exn}",
+            file=sys.stderr,
+        )
         return EXIT_FAILED

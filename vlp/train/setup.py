@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,14 @@ from open_clip_train.scheduler import cosine_lr
 from data_pipelines.loader import StreamingLoader
 from data_pipelines.sources.shapes import WorldConfig, generate_world
 
-from ..checkpoint import latest_checkpoint, list_checkpoints, read_trainer_state
+from ..checkpoint import (
+    DamagedCheckpoint,
+    checkpoint_root,
+    latest_good_checkpoint,
+    list_checkpoints,
+    read_trainer_state,
+    verify_checkpoint,
+)
 from ..config import Config, to_yaml
 from ..distributed import any_rank, world_size
 from ..ema import EMATeacher
@@ -73,14 +81,29 @@ def _threads(cfg: Config) -> int:
 
 
 def resolve_resume(cfg: Config, world: int) -> Path | None:
-    """The checkpoint to resume from (train.resume), checked to continue this run exactly."""
+    """The checkpoint to resume from (train.resume), verified against its manifest and checked to
+    continue this run exactly. ``latest`` falls back past damaged checkpoints (each named in a
+    warning) to the newest good one; a named checkpoint that is damaged stops the run."""
     t = cfg.train
     if t.resume == "":
         return None
-    path = latest_checkpoint(cfg.output_dir) if t.resume == "latest" else Path(t.resume)
-    if path is None:
-        log.info("train.resume=latest: no checkpoint in %s yet, starting fresh", cfg.output_dir)
-        return None
+    if t.resume == "latest":
+        path = latest_good_checkpoint(cfg.output_dir)
+        if path is None:
+            found = list_checkpoints(cfg.output_dir)
+            if found:
+                raise TrainingError(
+                    f"train.resume=latest: none of the {len(found)} checkpoints in {checkpoint_root(cfg.output_dir)} "
+                    "verifies (see the warnings above); nothing to resume from"
+                )
+            log.info("train.resume=latest: no checkpoint in %s yet, starting fresh", cfg.output_dir)
+            return None
+    else:
+        path = Path(t.resume)
+        try:
+            verify_checkpoint(path)
+        except DamagedCheckpoint as exn:
+            raise TrainingError(f"train.resume={t.resume}: the checkpoint is damaged: {exn}") from None
     state = read_trainer_state(path)
     for key, now in (("world_size", world), ("batch_size", t.batch_size)):
         if state.get(key) != now:
@@ -138,6 +161,8 @@ def build_run(cfg: Config) -> Run:
 
     def prepare_output() -> None:
         Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
+        for partial in checkpoint_root(cfg.output_dir).glob("step_*.partial"):  # a save that crashed
+            shutil.rmtree(partial, ignore_errors=True)
         (Path(cfg.output_dir) / "config.yaml").write_text(to_yaml(cfg))
         if d.shapes_world:
             generate_world(d.shapes_world, WorldConfig(train_samples=d.shapes_train_samples), log=log.info)
@@ -163,6 +188,8 @@ def build_run(cfg: Config) -> Run:
         "weights": d.weights,
         "shuffle_buffer": d.shuffle_buffer,
         "epoch_samples": d.epoch_samples,
+        "read_retries": d.read_retries,
+        "retry_backoff_s": d.retry_backoff_s,
     }
     content = {
         "num_negatives": d.negatives if objective.needs_negatives else 0,

@@ -9,17 +9,20 @@ rank writes (one file for all, or one per rank).
 from __future__ import annotations
 
 import json
+import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
 from accelerate import Accelerator
+from accelerate.utils import DistributedType
 from safetensors.torch import load_file, save_file
 
 from data_pipelines.shards.atomic import write_json_atomic
 
 from ..checkpoint import TRAINER_STATE, read_trainer_state, save_checkpoint
 from ..ema import EMATeacher
+from ..export import deepspeed_safe_globals, refusal_error, weights_only_loads
 from .errors import TrainingError
 
 
@@ -118,6 +121,13 @@ class Checkpointer:
         return save_checkpoint(self.acc, self.output_dir, step, self._write_parts, self.keep_last)
 
     def load(self, folder: Path) -> None:
-        self.acc.load_state(str(folder))
+        """Restore everything from ``folder`` (verified by the caller). Every torch file is read with
+        weights_only, DeepSpeed's included (it asks for full unpickling; see vlp.export)."""
+        safe = deepspeed_safe_globals() if self.acc.distributed_type == DistributedType.DEEPSPEED else []
+        try:
+            with weights_only_loads(safe):
+                self.acc.load_state(str(folder))
+        except pickle.UnpicklingError as exn:
+            raise TrainingError(f"cannot resume: {refusal_error(folder, exn)}") from None
         for part in self.parts.values():
             part.load(folder)
