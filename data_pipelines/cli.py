@@ -10,6 +10,7 @@ import time
 
 from .cli_common import EXIT_DATA, EXIT_USAGE, add_command, command_parser, error
 from .cli_neighbours import add_neighbours_command
+from .cli_photos import add_photos_command
 from .cli_probes import add_probes_command
 from .shards.atomic import write_json_atomic
 from .shards.specs import SpecError
@@ -206,6 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_probes_command(sub)
     add_neighbours_command(sub)
+    add_photos_command(sub)
 
     s = add_command(sub, "peek", "stream a few batches through the training loader", cmd_peek)
     s.add_argument("spec", help="shard spec, as for stats")
