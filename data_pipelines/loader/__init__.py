@@ -24,7 +24,8 @@ rotated so the DataLoader's round-robin continues where it stopped.
 """
 
 from .decode import NEGATIVE_SAMPLING
+from .jpeg import DECODERS
 from .loader import StreamingLoader
 from .stream import MODES, DataPipelineError
 
-__all__ = ["MODES", "NEGATIVE_SAMPLING", "DataPipelineError", "StreamingLoader"]
+__all__ = ["DECODERS", "MODES", "NEGATIVE_SAMPLING", "DataPipelineError", "StreamingLoader"]

@@ -5,25 +5,31 @@ was decoded before (or skipped on resume)."""
 from __future__ import annotations
 
 import contextlib
+import logging
 import random
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from ..shards.reader import (
+    MISSING_IMAGE,
     MISSING_NEIGHBOUR,
     OTHER_NEIGHBOUR_KIND,
     SkipSample,
     caption,
     decode_image,
+    image_member,
     metadata,
     negative_texts,
     neighbour_field,
 )
+from .jpeg import DECODERS, JPEG_EXTENSIONS, CropGeometry, DeviceImages, EncodedImage, FastJpeg
 from .transforms import split_transform
+
+log = logging.getLogger("data_pipelines")
 
 # "random": K of a sample's negatives drawn afresh every epoch; "fixed": its first K, every epoch.
 NEGATIVE_SAMPLING: tuple[str, ...] = ("random", "fixed")
@@ -63,10 +69,27 @@ class SampleDecoder:
         neighbours: bool = False,
         captions: bool = False,
         neighbour_kinds: Sequence[str] | None = None,
+        decoder: str = "fast",
     ):
         if negative_sampling not in NEGATIVE_SAMPLING:
             raise ValueError(f"negative_sampling must be one of {NEGATIVE_SAMPLING}, got {negative_sampling!r}")
+        if decoder not in DECODERS:
+            raise ValueError(f"decoder must be one of {DECODERS}, got {decoder!r}")
+        if decoder == "device" and neighbours:
+            raise ValueError(
+                "decoder 'device' cannot be combined with neighbours (their images join the batch on the CPU)"
+            )
         self.transform = split_transform(preprocess)
+        # JPEG members take the fast path when the transform is open_clip's (jpeg.py); else PIL.
+        geometry = CropGeometry.of(preprocess) if decoder != "pil" else None
+        if decoder != "pil" and (geometry is None or self.transform.normalize is None):
+            log.warning(
+                "decoder %r: the image transform is not open_clip's (%s); decoding with PIL", decoder, preprocess
+            )
+            geometry = None
+        self.geometry = geometry
+        self.decoder = decoder if geometry is not None else "pil"
+        self.jpeg = FastJpeg(geometry) if geometry is not None else None
         self.tokenizer = tokenizer
         self.num_negatives = num_negatives
         self.negative_types = negative_types
@@ -87,13 +110,38 @@ class SampleDecoder:
             )
         return negs
 
-    def _pixels(self, image: Any, seed: int, in_worker: bool) -> Any:
+    @staticmethod
+    @contextlib.contextmanager
+    def _seeded(seed: int, in_worker: bool) -> Iterator[None]:
         # Augmentations draw from torch's global generator: seed it per image, so an image's
         # augmentation does not depend on what was decoded before it (or skipped on resume). A
         # worker process owns its generator; in the trainer's process it is saved and restored.
         with contextlib.nullcontext() if in_worker else torch.random.fork_rng(devices=[]):
             torch.default_generator.manual_seed(seed & 0x7FFF_FFFF_FFFF_FFFF)
+            yield
+
+    def _pixels(self, sample: dict, prefix: str, missing: str, seed: int, in_worker: bool) -> Any:
+        """The image member's pixels as the transform makes them: through the JPEG path when it
+        applies (the same crop, drawn from the same seed), else decoded by PIL and transformed."""
+        ext, data = image_member(sample, prefix, missing)
+        if self.jpeg is not None and ext in JPEG_EXTENSIONS:
+            try:
+                with self._seeded(seed, in_worker):
+                    if self.decoder == "device":
+                        height, width, _, _ = self.jpeg.simplejpeg.decode_jpeg_header(data)
+                        box = self.geometry.crop(height, width)
+                        return EncodedImage(torch.frombuffer(bytearray(data), dtype=torch.uint8), box)
+                    return self.jpeg(data)
+            except ValueError:
+                pass  # not decodable to RGB by libjpeg-turbo (CMYK, broken): PIL decides below
+        image = decode_image(sample, prefix, missing)
+        with self._seeded(seed, in_worker):
             return self.transform.per_sample(image)
+
+    def _images(self, pixels: list) -> Any:
+        if self.decoder == "device":
+            return DeviceImages(pixels, (self.geometry.out_h, self.geometry.out_w), self.transform.normalize)
+        return self.transform.per_batch(pixels)
 
     def decode(self, sample: dict, seed: int, in_worker: bool) -> Item:
         """Raises SkipSample (with its reason) for anything that cannot be used."""
@@ -108,10 +156,11 @@ class SampleDecoder:
             if self.neighbour_kinds and field.get("twin") not in self.neighbour_kinds:
                 raise SkipSample(OTHER_NEIGHBOUR_KIND, f"neighbour of kind {field.get('twin')!r}")
             n_negs = self._negatives(field, sample, rng)
-            n_image = decode_image(sample, NEIGHBOUR_PREFIX, MISSING_NEIGHBOUR)
-        own = View(self._pixels(decode_image(sample), seed, in_worker), text, negs, sample["__key__"])
+            image_member(sample, NEIGHBOUR_PREFIX, MISSING_NEIGHBOUR)  # present, before the own image is decoded
+        own = View(self._pixels(sample, "", MISSING_IMAGE, seed, in_worker), text, negs, sample["__key__"])
         if self.neighbours:
-            n_pixels = self._pixels(n_image, stable_seed(seed, "neighbour"), in_worker)
+            n_seed = stable_seed(seed, "neighbour")
+            n_pixels = self._pixels(sample, NEIGHBOUR_PREFIX, MISSING_NEIGHBOUR, n_seed, in_worker)
             neighbour = View(n_pixels, field["caption"].strip(), n_negs, str(field.get("key", "")))
         return Item(own, neighbour)
 
@@ -124,7 +173,7 @@ class SampleDecoder:
     def collate(self, items: list[Item]) -> dict[str, Any]:
         own = [it.own for it in items]
         batch: dict[str, Any] = {
-            "image": self.transform.per_batch([v.pixels for v in own]),
+            "image": self._images([v.pixels for v in own]),
             "text": self.tokenizer([v.text for v in own]),
             "key": [v.key for v in own],
         }
@@ -134,7 +183,7 @@ class SampleDecoder:
             batch["neg_text"], batch["neg_mask"] = self._negative_tokens([v.negs for v in own])
         if self.neighbours:
             nbs = [it.neighbour for it in items]
-            batch["neighbour_image"] = self.transform.per_batch([v.pixels for v in nbs])
+            batch["neighbour_image"] = self._images([v.pixels for v in nbs])
             batch["neighbour_text"] = self.tokenizer([v.text for v in nbs])
             batch["neighbour_key"] = [v.key for v in nbs]
             if self.captions:

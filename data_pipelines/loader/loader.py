@@ -76,6 +76,11 @@ class StreamingLoader:
             :func:`~data_pipelines.shards.reader.iter_shard` for which failures are retried.
         retry_backoff_s: wait this long before the first retry of a shard, twice as long before the
             next, and so on.
+        decoder: how JPEG members become pixels (:mod:`data_pipelines.loader.jpeg`): ``fast``
+            (DCT-scaled libjpeg-turbo decode, one antialiased bilinear crop-resize on uint8; the same
+            crops as ``preprocess``), ``pil`` (``preprocess`` exactly) or ``device`` (``image`` is a
+            :class:`~data_pipelines.loader.jpeg.DeviceImages`: JPEG bytes decoded, cropped and
+            normalised by ``.to(device)``). Other images always go through ``preprocess``.
     """
 
     def __init__(
@@ -106,6 +111,7 @@ class StreamingLoader:
         neighbour_kinds: Sequence[str] | None = None,
         read_retries: int = 3,
         retry_backoff_s: float = 1.0,
+        decoder: str = "fast",
     ):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -172,9 +178,11 @@ class StreamingLoader:
             neighbour_kinds=neighbour_kinds,
             read_retries=read_retries,
             retry_backoff_s=retry_backoff_s,
+            decoder=decoder,
         )
         self._reset_epoch(0)
         self._skipped_done: dict[str, int] = {}
+        self.last_batch_cpu_seconds = 0.0  # CPU time the last batch cost its worker (images_per_core_s)
 
     # -- state
 
@@ -184,6 +192,14 @@ class StreamingLoader:
         self._positions: dict[int, int] = {}
         self._worker_skips: dict[int, dict[str, int]] = {}
         self._next_worker = 0
+
+    @property
+    def images_per_core_s(self) -> float | None:
+        """Images per second of one loader core, from the last batch's CPU time (a data-bound run
+        needs more workers, or a cheaper decoder, when this times the workers is below the step's
+        images/s)."""
+        cpu = self.last_batch_cpu_seconds
+        return self.batch_size / cpu if cpu > 0 else None
 
     @property
     def skipped(self) -> dict[str, int]:
@@ -244,6 +260,7 @@ class StreamingLoader:
         else:
             loader = ds
         for batch, meta in loader:
+            self.last_batch_cpu_seconds = meta.cpu_seconds
             self._positions[meta.worker] = meta.pos
             self._worker_skips[meta.worker] = meta.skipped
             if batch is None:

@@ -8,6 +8,7 @@ by :mod:`.decode`), each tagged with the worker's position in its raw stream so 
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -34,6 +35,9 @@ class _BatchMeta:
     worker: int
     pos: int  # raw samples this worker has taken from its shuffle buffer, up to this batch
     skipped: dict[str, int]
+    # CPU seconds this worker's thread spent making the batch (reading, decoding, collating): the
+    # loader's cost per image, whatever else the machine is doing.
+    cpu_seconds: float = 0.0
 
 
 class ShardStream(IterableDataset):
@@ -63,6 +67,7 @@ class ShardStream(IterableDataset):
         neighbour_kinds: Sequence[str] | None = None,
         read_retries: int = 3,
         retry_backoff_s: float = 1.0,
+        decoder: str = "fast",
     ):
         self.sources = list(sources)
         self.mode = mode
@@ -75,6 +80,7 @@ class ShardStream(IterableDataset):
             neighbours,
             captions,
             neighbour_kinds,
+            decoder,
         )
         self.transform = self.decoder.transform
         self.batch_size = batch_size
@@ -148,6 +154,7 @@ class ShardStream(IterableDataset):
         items: list = []
         batches = 0
         bad_in_a_row = 0
+        tic = time.thread_time()
         for sample in raw:
             pos += 1
             if pos <= start:
@@ -172,7 +179,9 @@ class ShardStream(IterableDataset):
             bad_in_a_row = 0
             items.append(item)
             if len(items) == self.batch_size:
-                yield self.decoder.collate(items), _BatchMeta(worker, pos, counter.as_dict())
+                batch = self.decoder.collate(items)
+                yield batch, _BatchMeta(worker, pos, counter.as_dict(), time.thread_time() - tic)
+                tic = time.thread_time()  # from here: the next batch's work (not the trainer's)
                 items = []
                 batches += 1
                 if self.batches_per_worker is not None and batches >= self.batches_per_worker:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import difflib
 from pathlib import Path
 
-from data_pipelines.loader import MODES, NEGATIVE_SAMPLING
+from data_pipelines.loader import DECODERS, MODES, NEGATIVE_SAMPLING
 from data_pipelines.sources.shapes.twins import TWIN_KINDS
 
 from ..objectives.registry import HEADS, NEGATIVES, TERMS, not_accumulating, terms_needing
@@ -34,9 +34,15 @@ def validate(cfg: Config) -> None:
     _check(t.max_nonfinite_steps >= 1, f"train.max_nonfinite_steps: must be at least 1, got {t.max_nonfinite_steps}")
     _check(t.precision in PRECISIONS, f"train.precision: must be one of {', '.join(PRECISIONS)}, got {t.precision!r}")
     _check(t.threads >= 0, f"train.threads: must not be negative, got {t.threads}")
+    _check(0 < t.data_warn_share <= 1, f"train.data_warn_share: must be in (0, 1], got {t.data_warn_share}")
     _check(t.collective_timeout_s > 0, f"train.collective_timeout_s: must be positive, got {t.collective_timeout_s}")
     _check(d.mode in MODES, f"data.mode: must be one of {', '.join(MODES)}, got {d.mode!r}")
     _check(d.workers >= 0, f"data.workers: must not be negative, got {d.workers}")
+    _check(d.decoder in DECODERS, f"data.decoder: must be one of {', '.join(DECODERS)}, got {d.decoder!r}")
+    _check(
+        not (d.decoder == "device" and d.neighbours),
+        "data.decoder=device with data.neighbours: the neighbours' images join the batch on the CPU; use fast",
+    )
     _check(d.read_retries >= 0, f"data.read_retries: must not be negative, got {d.read_retries}")
     _check(d.retry_backoff_s >= 0, f"data.retry_backoff_s: must not be negative, got {d.retry_backoff_s}")
     _check(

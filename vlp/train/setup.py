@@ -189,6 +189,7 @@ def build_run(cfg: Config) -> Run:
         "shuffle_buffer": d.shuffle_buffer,
         "epoch_samples": d.epoch_samples,
         "read_retries": d.read_retries,
+        "decoder": d.decoder,
         "retry_backoff_s": d.retry_backoff_s,
     }
     content = {

@@ -1,0 +1,183 @@
+"""JPEG members the fast way: the crop of open_clip's transform, decoded at reduced size, resized once.
+
+open_clip's training transform decodes a 640×480 JPEG in full (PIL), crops 90-100% of it
+(``RandomResizedCrop``), resizes the crop to 224 px with an antialiased bicubic filter, then converts
+and normalises: about 4 ms of one core per image, most of it in the full-size decode and the large
+resize. The paths here draw the *same* crop parameters from the same (per-sample seeded) generator,
+and then:
+
+``fast`` (the default for JPEG members, :class:`FastJpeg`)
+    libjpeg-turbo (simplejpeg) decodes with DCT scaling: straight to the smallest size of the form
+    W·k/8 that still holds the crop at the output size (1/2 of a 640×480 photo for 224 px), so the
+    inverse DCT, colour conversion and chroma upsampling run on a quarter of the pixels; then PIL
+    crops and resizes in one pass (``resize(box=...)``, no copy) with an antialiased *bilinear*
+    filter, to uint8. ToTensor and Normalize run once per batch (transforms.py).
+    Differs from open_clip's pixels by: the DCT-scaled decode (a downscale inside the decoder), the
+    bilinear instead of bicubic filter (and the crop box in sub-pixel coordinates of the smaller
+    image). Measured PSNR against open_clip's pixels: tests/test_jpeg_decoder.py states the bound.
+``device`` (:class:`DeviceImages`)
+    The worker ships the JPEG bytes and the crop box; the training process decodes the batch on the
+    training device (torchvision's ``decode_jpeg``: nvJPEG on CUDA, libjpeg-turbo on CPU), crops and
+    resizes each image there (antialiased bilinear) and normalises the batch. Differs from open_clip
+    by the filter (bilinear) only: the decode is full size.
+``pil``
+    open_clip's transform as given: bit-identical pixels, the slowest path.
+
+Any image that is not a JPEG (the shapes world's PNGs), a JPEG that libjpeg-turbo cannot decode to
+RGB (CMYK), and any transform other than open_clip's two (random resized crop; resize + centre crop)
+take the ``pil`` path, so results on non-JPEG data do not depend on the decoder.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+from torchvision.transforms import CenterCrop, Compose, Normalize, RandomResizedCrop, Resize
+from torchvision.transforms import functional as F
+from torchvision.transforms.functional import InterpolationMode
+
+DECODERS: tuple[str, ...] = ("fast", "pil", "device")
+JPEG_EXTENSIONS = ("jpg", "jpeg")
+
+
+def _size(size) -> tuple[int, int]:
+    """torchvision's size argument as (height, width)."""
+    if isinstance(size, int):
+        return size, size
+    size = tuple(size)
+    return (size[0], size[0]) if len(size) == 1 else (size[0], size[1])
+
+
+@dataclass(frozen=True)
+class CropGeometry:
+    """What open_clip's transform does to an image's geometry, read off the transform itself."""
+
+    out_h: int
+    out_w: int
+    random: bool  # RandomResizedCrop (else: resize the short side, then centre crop)
+    scale: tuple[float, float] = (1.0, 1.0)
+    ratio: tuple[float, float] = (1.0, 1.0)
+
+    @classmethod
+    def of(cls, preprocess) -> CropGeometry | None:
+        """The geometry of ``Compose([RandomResizedCrop, convert, ToTensor, Normalize])`` or
+        ``Compose([Resize(short side), CenterCrop(same), convert, ToTensor, Normalize])`` (open_clip's
+        training and evaluation transforms); None for anything else."""
+        steps = list(getattr(preprocess, "transforms", None) or ())
+        if not isinstance(preprocess, Compose) or len(steps) < 3 or type(steps[-1]) is not Normalize:
+            return None
+        first = steps[0]
+        if type(first) is RandomResizedCrop and all(map(_keeps_pixels, steps[1:-1])):
+            h, w = _size(first.size)
+            return cls(h, w, True, tuple(first.scale), tuple(first.ratio))
+        if type(first) is Resize and type(steps[1]) is CenterCrop and all(map(_keeps_pixels, steps[2:-1])):
+            size = first.size
+            short = size if isinstance(size, int) else (size[0] if len(size) == 1 else None)
+            h, w = _size(steps[1].size)
+            if short is not None and h == w == short and first.max_size is None:
+                return cls(h, w, False)  # the centre square of the short side
+        return None
+
+    def crop(self, height: int, width: int) -> tuple[int, int, int, int]:
+        """(top, left, crop_h, crop_w) in the full image. Random crops come from torch's global
+        generator exactly as ``RandomResizedCrop.get_params`` draws them (the loader seeds it per
+        sample), so every path crops what open_clip's would."""
+        if self.random:
+            shape_only = torch.empty((1, height, width), device="meta")
+            return RandomResizedCrop.get_params(shape_only, list(self.scale), list(self.ratio))
+        side = min(height, width)
+        return (height - side) // 2, (width - side) // 2, side, side
+
+
+def _keeps_pixels(step) -> bool:
+    """Steps after the geometry that do not change an RGB image's pixels: a mode conversion, ToTensor."""
+    kind = type(step).__name__
+    return (
+        kind in ("MaybeConvertMode", "MaybeToTensor", "ToTensor") or getattr(step, "__name__", "") == "_convert_to_rgb"
+    )
+
+
+def _filter_box(top: float, left: float, crop_h: float, crop_w: float, sy: float, sx: float) -> tuple:
+    return (left * sx, top * sy, (left + crop_w) * sx, (top + crop_h) * sy)
+
+
+class FastJpeg:
+    """JPEG bytes → H×W×3 uint8, cropped and resized as the transform would (module docstring)."""
+
+    def __init__(self, geometry: CropGeometry, resample: int = Image.BILINEAR):
+        import simplejpeg  # a dependency; imported here so that importing the loader stays light
+
+        self.simplejpeg = simplejpeg
+        self.geometry = geometry
+        self.resample = resample
+
+    def __call__(self, data: bytes) -> np.ndarray:
+        """Raises ValueError for bytes libjpeg-turbo cannot decode to RGB (the caller falls back)."""
+        sj = self.simplejpeg
+        height, width, _, _ = sj.decode_jpeg_header(data)
+        g = self.geometry
+        top, left, ch, cw = g.crop(height, width)
+        # The smallest decode that still holds the crop at the output size (libjpeg picks k/8 >= this).
+        need = max(g.out_w / cw, g.out_h / ch)
+        pixels = sj.decode_jpeg(
+            data, colorspace="RGB", min_width=math.ceil(width * need), min_height=math.ceil(height * need)
+        )
+        sy, sx = pixels.shape[0] / height, pixels.shape[1] / width
+        image = Image.fromarray(pixels)
+        out = image.resize((g.out_w, g.out_h), self.resample, box=_filter_box(top, left, ch, cw, sy, sx))
+        return np.asarray(out)
+
+
+@dataclass
+class EncodedImage:
+    """What a worker ships in ``device`` mode: the JPEG bytes and the crop box in the full image."""
+
+    data: torch.Tensor  # uint8, the file's bytes
+    box: tuple[int, int, int, int]  # top, left, height, width
+
+
+class DeviceImages:
+    """A batch of images finished on the training device: ``.to(device, dtype)`` decodes the JPEGs
+    there (torchvision, nvJPEG on CUDA), crops and resizes each (antialiased bilinear), stacks,
+    scales to [0, 1] and normalises. Rows may also be already-decoded H×W×3 uint8 arrays (non-JPEG
+    images, decoded by the worker). Stands in for the image tensor of a batch (``len``, ``shape``)."""
+
+    def __init__(self, rows: list, out_hw: tuple[int, int], normalize: Normalize):
+        self.rows, self.out_hw, self.normalize = rows, out_hw, normalize
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @property
+    def shape(self) -> torch.Size:
+        return torch.Size((len(self.rows), 3, *self.out_hw))
+
+    def to(
+        self, device: torch.device | str, dtype: torch.dtype | None = None, non_blocking: bool = False
+    ) -> torch.Tensor:
+        from torchvision.io import ImageReadMode, decode_jpeg
+
+        device = torch.device(device)
+        encoded = [i for i, r in enumerate(self.rows) if isinstance(r, EncodedImage)]
+        decoded = {}
+        if encoded:
+            datas = [self.rows[i].data for i in encoded]
+            images = decode_jpeg(datas, mode=ImageReadMode.RGB, device=device)  # a list in, a list out
+            decoded = dict(zip(encoded, images, strict=True))
+        out = torch.empty((len(self.rows), 3, *self.out_hw), dtype=torch.uint8, device=device)
+        for i, row in enumerate(self.rows):
+            if i in decoded:
+                top, left, h, w = row.box
+                out[i] = F.resized_crop(
+                    decoded[i], top, left, h, w, list(self.out_hw), InterpolationMode.BILINEAR, antialias=True
+                )
+            else:
+                out[i] = (
+                    torch.from_numpy(np.array(row, copy=True)).permute(2, 0, 1).to(device, non_blocking=non_blocking)
+                )
+        pixels = F.normalize(out.float().div_(255), self.normalize.mean, self.normalize.std, inplace=True)
+        return pixels.to(dtype or torch.get_default_dtype())
