@@ -58,6 +58,9 @@ def zero2_run(train_shards, tmp_path_factory) -> Path:
 def test_zero2_run_completes_checkpoints_and_exports(zero2_run):
     steps = [s for s, _ in list_checkpoints(zero2_run)]
     assert steps == list(range(SAVE_EVERY, MAX_STEPS + 1, SAVE_EVERY))
+    for record in metrics(zero2_run).values():  # what a user reads to see a data-bound run
+        assert 0 <= record["data_share"] <= 1 and record["data_share"] == record["data_time"] / record["step_time"]
+        assert record["loader_images_per_core_s"] > 0
     assert sorted(metrics(zero2_run)) == list(range(1, MAX_STEPS + 1))
     summary = json.loads((zero2_run / "summary.json").read_text())
     assert summary["steps"] == MAX_STEPS and summary["skipped_steps"] == 0

@@ -172,3 +172,19 @@ def test_neighbours_without_neighbours_in_the_shards_fail_fast_with_one_message(
     proc = run(train_cmd(overrides), timeout=240)
     assert proc.returncode == 1 and "missing_neighbour" in proc.stderr, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
+
+
+def test_data_bound_watch_warns_once_per_period_with_the_measured_rates():
+    from vlp.train.throughput import EVERY, WARMUP, DataBoundWatch
+
+    watch = DataBoundWatch(share=0.1, workers=1, images_per_step=64)
+    lines = [watch.check(step, 0.01, 0.5, 900.0) for step in range(1, 200)]
+    assert not any(lines)  # 2% waiting: compute-bound
+    lines = {step: watch.check(step, 0.3, 0.5, 150.0) for step in range(200, 200 + EVERY + 40)}
+    warned = [step for step, line in lines.items() if line]
+    assert len(warned) == 2 and warned[1] - warned[0] == EVERY  # once per period
+    line = lines[warned[0]]
+    assert line.startswith(f"step {warned[0]}: data-bound: waiting for batches took")
+    assert "data.workers=1; one loader core makes 150 images/s, the step takes 128/s" in line
+    fresh = DataBoundWatch(share=0.1, workers=0, images_per_step=8)
+    assert not any(fresh.check(s, 1.0, 1.0, None) for s in range(1, WARMUP + 1))  # start-up is not judged

@@ -14,6 +14,7 @@ from .errors import EXIT_OK, TrainingError
 from .finish import finish
 from .setup import Run
 from .stopping import NonFiniteGuard
+from .throughput import DataBoundWatch
 
 
 def train(run: Run) -> int:
@@ -50,6 +51,7 @@ def _steps(run: Run, logger: MetricsLogger, guard: NonFiniteGuard, losses: list[
     """Train to train.max_steps; True when a signal stopped the run first (after a checkpoint)."""
     cfg, t, counters, backend = run.cfg, run.cfg.train, run.counters, run.backend
     batches = iter(run.loader)
+    watch = DataBoundWatch(t.data_warn_share, cfg.data.workers, t.batch_size * t.accum_steps)  # per rank
     while counters.step < t.max_steps:
         tic = time.perf_counter()
         if run.episodes is not None and run.episodes.due(counters.step):  # ProtoCLIP: cluster what comes
@@ -73,12 +75,17 @@ def _steps(run: Run, logger: MetricsLogger, guard: NonFiniteGuard, losses: list[
             "samples_per_s": run.global_batch / step_time,
             "data_time": data_time,
             "step_time": step_time,
+            "data_share": data_time / step_time,
+            "loader_images_per_core_s": run.loader.images_per_core_s,
             "skipped_steps": counters.skipped_steps,
             "epoch": run.loader.epoch,
             "time": time.time(),
             "peak_memory_mb": max_over_ranks(backend.peak_memory_mb()),  # the largest rank's
         }
         logger.step(counters.step, record, log=counters.step % t.log_every == 0 or not applied or counters.step == 1)
+        bound = watch.check(counters.step, data_time, step_time, run.loader.images_per_core_s)
+        if bound:
+            logger.message(bound)
         run.hooks.step_end(counters.step)
         stopping = any_rank(run.stop.received is not None)
         if run.evaluator.due(counters.step, t.max_steps):
