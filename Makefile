@@ -56,6 +56,7 @@ faults: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/loader.py
+	$(BIN)/python benchmarks/loader.py --corpus shapes
 	$(BIN)/python benchmarks/train_throughput.py
 	$(BIN)/python benchmarks/objectives.py
 	$(BIN)/python benchmarks/eval.py

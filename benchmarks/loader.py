@@ -1,14 +1,26 @@
-"""Loader throughput: our streaming loader against webdataset reading the same shards.
+"""Loader throughput: vlp's streaming loader against its peers, on the same shards, in one run.
 
-For each image size (64, 224) and worker count (0, 1, 2) it measures samples/s of
+Two corpora (``--corpus``):
 
-* ``vlp``: data_pipelines.loader.StreamingLoader (decode -> open_clip preprocess -> open_clip tokenizer,
-  with a 1000-sample shuffle buffer and the per-sample seeding that makes resume exact), split mode;
-* ``wds``: a plain webdataset pipeline doing the same work (decode -> same preprocess -> same
-  tokenizer -> batch, same shuffle buffer), the usual open_clip-style loader, as the peer;
-* ``wds-read``: webdataset reading the raw samples only (no decode), the I/O ceiling.
+* ``photos`` (default): real-photograph JPEGs from ``vlp-data photos`` (scikit-image's and
+  scikit-learn's photographs; ``pip install 'vlp[bench]'``) at COCO-like 640x480 and at img2dataset's
+  256 px, decoded to 224 px for training. Contenders: ``vlp_fast`` (data.decoder=fast, the trainer's
+  default: DCT-scaled libjpeg-turbo decode, one bilinear crop-resize, uint8 batches normalised on the
+  training device), ``vlp_fast_norm`` (the same, paying the normalisation on the loader's CPU, as a
+  CPU-only run does), ``vlp_pil`` (data.decoder=pil: open_clip's transform exactly) and ``open_clip``:
+  open_clip's own training pipeline as its trainer builds it (``open_clip_train.data.get_wds_dataset``:
+  webdataset, ``decode("pilrgb")``, rename, ``image_transform(224, is_train=True)``, tokenizer,
+  batched). Reported: images/s, and images/s per
+  core (the process itself with 0 workers; the workers with 1 or 2, which do all the work).
+* ``shapes``: the shapes world's small PNGs at 64 and 224 px, vlp against a plain webdataset pipeline.
 
-Usage: python benchmarks/loader.py [--data DIR] [--samples N] [--json FILE]
+Every contender decodes, crops, resizes and tokenizes; all but ``vlp_fast`` also normalise on the
+CPU. Runs alternate between contenders and each keeps its median of ``--repeats``. The last line turns
+the measured rate into cores per GPU: ViT-B/32 at 224 px needs 3 x its forward FLOPs per trained sample
+(open_clip's profiler, as gpu_check.py counts them), and an H200 at 45% of its 989 dense bf16 TFLOP/s
+trains that many samples/s.
+
+Usage: python benchmarks/loader.py [--corpus photos|shapes] [--data DIR] [--samples N] [--json FILE]
 """
 
 from __future__ import annotations
@@ -27,6 +39,7 @@ import webdataset as wds
 from _machine import report
 
 from data_pipelines.loader import StreamingLoader
+from data_pipelines.loader.jpeg import images_to
 from data_pipelines.shards.specs import parse_sources
 from data_pipelines.sources.shapes import WorldConfig, generate_world
 
@@ -64,58 +77,209 @@ def _rate(batches, limit: int) -> float:
     return seen / (time.perf_counter() - start)
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", default=None, help="shards to read (default: a fresh 4,000-sample shapes world)")
-    p.add_argument("--samples", type=int, default=3000, help="samples timed per configuration")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--repeats", type=int, default=3, help="alternating runs per contender (median kept)")
-    p.add_argument("--json", default="benchmarks/results/loader.json", help="where to write the results")
-    args = p.parse_args(argv)
+H200_BF16_TFLOPS, MFU = 989.4, 0.45
 
-    with tempfile.TemporaryDirectory() as tmp:
-        data = args.data
-        if data is None:
-            data = str(Path(tmp) / "shapes" / "train")
-            generate_world(Path(tmp) / "shapes", WorldConfig(train_samples=4000, shard_size=250), log=lambda _: None)
+
+def vitb32_train_gflops() -> float:
+    """3 x the forward FLOPs of open_clip's ViT-B-32 by open_clip's own profiler (gpu_check.py)."""
+    from gpu_check import count_flops
+
+    return count_flops("ViT-B-32")["train_gflops_per_sample"]
+
+
+class Normalised:
+    """vlp's fast batches leave ToTensor/Normalize to the training device; this contender pays them on
+    the loader's CPU (``images_to``), as a CPU-only run does."""
+
+    def __init__(self, loader):
+        self.loader = loader
+
+    def __iter__(self):
+        for batch in self.loader:
+            images_to(batch["image"], "cpu", normalize=batch.get("image_normalize"))
+            yield batch
+
+
+def _open_clip_pipeline(urls, preprocess, tokenizer, batch_size: int):
+    """open_clip's training pipeline (open_clip_train/data.py, get_wds_dataset) minus its resampling:
+    the same stages, the same shuffle buffer as ours."""
+    stages = [
+        wds.SimpleShardList(urls),
+        wds.split_by_worker,
+        wds.tarfile_to_samples(),
+        wds.shuffle(1000, 100),
+        wds.decode("pilrgb", only=["jpg", "jpeg", "png", "webp", "txt"]),  # no pickled members
+        wds.rename(image="jpg;png;jpeg;webp", text="txt"),
+        wds.map_dict(image=preprocess, text=lambda text: tokenizer(text)[0]),
+        wds.to_tuple("image", "text"),
+        wds.batched(batch_size, partial=False),
+    ]
+    return wds.DataPipeline(*stages)
+
+
+def _loader(pipe, workers: int):
+    return pipe if workers == 0 else torch.utils.data.DataLoader(pipe, batch_size=None, num_workers=workers)
+
+
+def _count(batch) -> int:
+    if isinstance(batch, dict):
+        return len(batch["key"]) if "key" in batch else batch.get("n", len(batch.get("text", [])))
+    return len(batch[1])  # open_clip's (images, texts)
+
+
+def _timed(batches, limit: int) -> float:
+    seen, start = 0, time.perf_counter()
+    for batch in batches:
+        seen += _count(batch)
+        if seen >= limit:
+            break
+    return seen / (time.perf_counter() - start)
+
+
+def _median_rates(contenders: dict, samples: int, repeats: int) -> dict[str, float]:
+    """Alternate the contenders, keep each one's median (this machine is noisy)."""
+    runs = [{name: _timed(make(), samples) for name, make in contenders.items()} for _ in range(repeats)]
+    return {name: statistics.median(r[name] for r in runs) for name in contenders}
+
+
+def photos_suite(args, tmp: Path) -> tuple[list[dict], dict]:
+    from data_pipelines.sources.photos import PhotosConfig, write_photos
+
+    corpora = {}
+    for label, cfg in (
+        ("640x480", PhotosConfig(n=args.photos, width=640, height=480)),
+        ("256", PhotosConfig(n=args.photos, width=256, height=256, border=True)),
+    ):
+        if args.data:
+            corpora[label] = args.data
+            break
+        out = tmp / f"photos-{label}"
+        write_photos(out, cfg, log=lambda _: None)
+        corpora[label] = str(out)
+    tokenizer = open_clip.get_tokenizer("ViT-B-32")
+    preprocess = open_clip.image_transform(224, is_train=True)
+    rows = []
+    for label, data in corpora.items():
         urls = [u for s in parse_sources(data) for u in s.urls]
-        tokenizer = open_clip.get_tokenizer("ViT-B-32")
-        rows = []
-        for size in (64, 224):
-            preprocess = open_clip.image_transform(size, is_train=True)
-            for workers in (0, 1, 2):
-                ours = functools.partial(
-                    StreamingLoader,
+        for workers in (0, 1, 2):
+
+            def vlp(decoder: str, workers=workers, data=data):
+                return StreamingLoader(
                     data,
                     preprocess=preprocess,
                     tokenizer=tokenizer,
                     batch_size=args.batch_size,
                     num_workers=workers,
                     shuffle_buffer=1000,
+                    decoder=decoder,
+                    worker_nice=0,
                 )
-                peer = functools.partial(_peer, urls, preprocess, tokenizer, args.batch_size, workers)
 
-                # Alternate the contenders and keep each one's median: this machine is noisy.
-                runs = [(_rate(ours(), args.samples), _rate(peer(True), args.samples)) for _ in range(args.repeats)]
-                r_ours = statistics.median(r[0] for r in runs)
-                r_wds = statistics.median(r[1] for r in runs)
-                r_read = _rate(peer(False), args.samples * 5)
-                rows.append(
-                    {
-                        "image_size": size,
-                        "workers": workers,
-                        "vlp": round(r_ours, 1),
-                        "wds": round(r_wds, 1),
-                        "ratio": round(r_ours / r_wds, 2),
-                        "wds_read": round(r_read, 1),
-                    }
-                )
-                print(f"  {size}px, {workers} workers: vlp {r_ours:.0f}/s, wds {r_wds:.0f}/s", file=sys.stderr)
+            contenders = {
+                "vlp_fast": functools.partial(vlp, "fast"),
+                "vlp_fast_norm": lambda vlp=vlp: Normalised(vlp("fast")),
+                "vlp_pil": functools.partial(vlp, "pil"),
+                "open_clip": lambda urls=urls, workers=workers: _loader(
+                    _open_clip_pipeline(urls, preprocess, tokenizer, args.batch_size), workers
+                ),
+            }
+            rates = _median_rates(contenders, args.samples, args.repeats)
+            cores = max(1, workers)
+            row = {"corpus": label, "workers": workers, **{k: round(v, 1) for k, v in rates.items()}}
+            row.update({f"{k}_per_core": round(v / cores, 1) for k, v in rates.items()})
+            row["ratio_fast"] = round(rates["vlp_fast"] / rates["open_clip"], 2)
+            row["ratio_fast_norm"] = round(rates["vlp_fast_norm"] / rates["open_clip"], 2)
+            row["ratio_pil"] = round(rates["vlp_pil"] / rates["open_clip"], 2)
+            rows.append(row)
+            print(
+                f"  {label}, {workers} workers: " + ", ".join(f"{k} {v:.0f}/s" for k, v in rates.items()),
+                file=sys.stderr,
+            )
+    gflops = vitb32_train_gflops()
+    needed = H200_BF16_TFLOPS * 1e12 * MFU / (gflops * 1e9)
+    coco = [r for r in rows if r["corpus"] == rows[0]["corpus"] and r["workers"] == 0][0]
+    extra = {
+        "vitb32_train_gflops_per_sample": round(gflops, 1),
+        "h200_samples_per_s_at_45pct": round(needed),
+        "cores_per_gpu": {
+            name: round(needed / coco[f"{name}_per_core"], 1)
+            for name in ("vlp_fast", "vlp_fast_norm", "vlp_pil", "open_clip")
+        },
+    }
+    return rows, extra
+
+
+def shapes_suite(args, tmp: Path) -> list[dict]:
+    data = args.data
+    if data is None:
+        data = str(tmp / "shapes" / "train")
+        generate_world(tmp / "shapes", WorldConfig(train_samples=4000, shard_size=250), log=lambda _: None)
+    urls = [u for s in parse_sources(data) for u in s.urls]
+    tokenizer = open_clip.get_tokenizer("ViT-B-32")
+    rows = []
+    for size in (64, 224):
+        preprocess = open_clip.image_transform(size, is_train=True)
+        for workers in (0, 1, 2):
+            ours = functools.partial(
+                StreamingLoader,
+                data,
+                preprocess=preprocess,
+                tokenizer=tokenizer,
+                batch_size=args.batch_size,
+                num_workers=workers,
+                shuffle_buffer=1000,
+            )
+            peer = functools.partial(_peer, urls, preprocess, tokenizer, args.batch_size, workers)
+            rates = _median_rates({"vlp": ours, "wds": functools.partial(peer, True)}, args.samples, args.repeats)
+            r_read = _timed(peer(False), args.samples * 5)
+            rows.append(
+                {
+                    "image_size": size,
+                    "workers": workers,
+                    "vlp": round(rates["vlp"], 1),
+                    "wds": round(rates["wds"], 1),
+                    "ratio": round(rates["vlp"] / rates["wds"], 2),
+                    "wds_read": round(r_read, 1),
+                }
+            )
+            print(f"  {size}px, {workers} workers: vlp {rates['vlp']:.0f}/s, wds {rates['wds']:.0f}/s", file=sys.stderr)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--corpus", choices=("photos", "shapes"), default="photos")
+    p.add_argument("--data", default=None, help="shards to read instead of a fresh corpus")
+    p.add_argument("--photos", type=int, default=1500, help="samples per photos corpus (when generated)")
+    p.add_argument("--samples", type=int, default=1000, help="samples timed per configuration")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--repeats", type=int, default=3, help="alternating runs per contender (median kept)")
+    p.add_argument("--json", default=None, help="where to write (default benchmarks/results/loader[_jpeg].json)")
+    args = p.parse_args(argv)
+    torch.set_num_threads(1)  # per core: the loader's own process, like each worker, on one thread
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.corpus == "shapes":
+            args.json = args.json or "benchmarks/results/loader.json"
+            rows = shapes_suite(args, Path(tmp))
+            columns = ["image_size", "workers", "vlp", "wds", "ratio", "wds_read"]
+            report("Loader samples/s (decode + preprocess + tokenize; ratio = vlp / wds):", rows, columns, args)
+            return 0
+        args.json = args.json or "benchmarks/results/loader_jpeg.json"
+        rows, extra = photos_suite(args, Path(tmp))
+    columns = ["corpus", "workers", "vlp_fast", "vlp_fast_norm", "vlp_pil", "open_clip", "vlp_fast_per_core"]
+    columns += ["open_clip_per_core", "ratio_fast", "ratio_fast_norm", "ratio_pil"]
     report(
-        "Loader samples/s (decode + preprocess + tokenize; ratio = vlp / wds):",
+        "JPEG loader images/s at 224 px (decode + crop + resize + normalise + tokenize; ratio = vlp / open_clip):",
         rows,
-        ["image_size", "workers", "vlp", "wds", "ratio", "wds_read"],
+        columns,
         args,
+        **extra,
+    )
+    print(
+        f"ViT-B/32: {extra['vitb32_train_gflops_per_sample']} GFLOP per trained sample; an H200 at 45% of "
+        f"{H200_BF16_TFLOPS} TFLOP/s trains {extra['h200_samples_per_s_at_45pct']} samples/s, which takes "
+        + ", ".join(f"{v} cores ({k})" for k, v in extra["cores_per_gpu"].items())
+        + " at the 640x480 rate per core"
     )
     return 0
 

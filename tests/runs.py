@@ -46,6 +46,21 @@ def run(cmd: list[str], timeout: int = 300, env: dict[str, str] | None = None) -
     return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env)
 
 
+def run_together(cmds: list[list[str]], timeout: int = 300) -> list[subprocess.CompletedProcess]:
+    """Independent one-process runs side by side (a 2-core machine runs two at once in the time of one)."""
+    procs = [subprocess.Popen(c, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for c in cmds]
+    done = []
+    for proc in procs:
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            for p in procs:
+                p.kill()
+            raise
+        done.append(subprocess.CompletedProcess(proc.args, proc.returncode, out, err))
+    return done
+
+
 def metrics(out: Path) -> dict[int, dict]:
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     return {r["step"]: r for r in records}

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.runs import REPO, launch_cmd, max_diff, metrics, run, train_cmd, weights
+from tests.runs import REPO, launch_cmd, max_diff, metrics, run, run_together, train_cmd, weights
 
 pytestmark = pytest.mark.slow
 
@@ -48,7 +48,8 @@ def test_accumulated_step_equals_the_large_batch(recipe, train_shards, tmp_path)
         "8x2": train_cmd(overrides(train_shards, tmp_path / "b", 8, 2, recipe)),
         "2x4x2": launch_cmd("cpu_deepspeed_zero2.yaml", overrides(train_shards, tmp_path / "c", 4, 2, recipe)),
     }
-    procs = {name: run(cmd) for name, cmd in runs.items()}
+    procs = dict(zip(("16x1", "8x2"), run_together([runs["16x1"], runs["8x2"]]), strict=True))
+    procs["2x4x2"] = run(runs["2x4x2"])
     for name, proc in procs.items():
         assert proc.returncode == 0, (name, proc.stdout[-2000:] + proc.stderr[-4000:])
     assert "global batch 16 = 4 per micro-batch x 2 accumulated x 2 ranks" in procs["2x4x2"].stdout

@@ -27,7 +27,7 @@ from ..shards.reader import (
     neighbour_field,
 )
 from .jpeg import DECODERS, JPEG_EXTENSIONS, CropGeometry, DeviceImages, EncodedImage, FastJpeg
-from .transforms import split_transform
+from .transforms import split_transform, stack_uint8
 
 log = logging.getLogger("data_pipelines")
 
@@ -69,7 +69,7 @@ class SampleDecoder:
         neighbours: bool = False,
         captions: bool = False,
         neighbour_kinds: Sequence[str] | None = None,
-        decoder: str = "fast",
+        decoder: str = "pil",
     ):
         if negative_sampling not in NEGATIVE_SAMPLING:
             raise ValueError(f"negative_sampling must be one of {NEGATIVE_SAMPLING}, got {negative_sampling!r}")
@@ -125,15 +125,15 @@ class SampleDecoder:
         applies (the same crop, drawn from the same seed), else decoded by PIL and transformed."""
         ext, data = image_member(sample, prefix, missing)
         if self.jpeg is not None and ext in JPEG_EXTENSIONS:
+            rng = random.Random(stable_seed(seed, "crop"))  # no torch generator to seed and restore
             try:
-                with self._seeded(seed, in_worker):
-                    if self.decoder == "device":
-                        height, width, _, _ = self.jpeg.simplejpeg.decode_jpeg_header(data)
-                        box = self.geometry.crop(height, width)
-                        return EncodedImage(torch.frombuffer(bytearray(data), dtype=torch.uint8), box)
-                    return self.jpeg(data)
+                if self.decoder == "device":
+                    height, width, _, _ = self.jpeg.simplejpeg.decode_jpeg_header(data)
+                    box = self.geometry.crop(height, width, rng)
+                    return EncodedImage(torch.frombuffer(bytearray(data), dtype=torch.uint8), box)
+                return self.jpeg(data, rng)
             except ValueError:
-                pass  # not decodable to RGB by libjpeg-turbo (CMYK, broken): PIL decides below
+                pass  # not decodable by libjpeg-turbo (broken, or a colour space it lacks): PIL decides
         image = decode_image(sample, prefix, missing)
         with self._seeded(seed, in_worker):
             return self.transform.per_sample(image)
@@ -141,6 +141,8 @@ class SampleDecoder:
     def _images(self, pixels: list) -> Any:
         if self.decoder == "device":
             return DeviceImages(pixels, (self.geometry.out_h, self.geometry.out_w), self.transform.normalize)
+        if self.decoder == "fast":
+            return stack_uint8(pixels)  # normalised where the model is (jpeg.images_to)
         return self.transform.per_batch(pixels)
 
     def decode(self, sample: dict, seed: int, in_worker: bool) -> Item:
@@ -177,6 +179,8 @@ class SampleDecoder:
             "text": self.tokenizer([v.text for v in own]),
             "key": [v.key for v in own],
         }
+        if self.decoder == "fast":
+            batch["image_normalize"] = (tuple(self.transform.normalize.mean), tuple(self.transform.normalize.std))
         if self.captions:
             batch["caption"] = [v.text for v in own]
         if self.num_negatives:

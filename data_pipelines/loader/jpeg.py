@@ -1,36 +1,40 @@
 """JPEG members the fast way: the crop of open_clip's transform, decoded at reduced size, resized once.
 
 open_clip's training transform decodes a 640×480 JPEG in full (PIL), crops 90-100% of it
-(``RandomResizedCrop``), resizes the crop to 224 px with an antialiased bicubic filter, then converts
-and normalises: about 4 ms of one core per image, most of it in the full-size decode and the large
-resize. The paths here draw the *same* crop parameters from the same (per-sample seeded) generator,
-and then:
+(``RandomResizedCrop``), resizes the crop to 224 px with an antialiased bicubic filter, converts and
+normalises: about 4-6 ms of one core per image, most of it in the full-size decode, the large resize
+and the float arithmetic. The paths here draw crops from the same distribution (the same algorithm,
+from the sample's own seed), and then:
 
-``fast`` (the default for JPEG members, :class:`FastJpeg`)
+``fast`` (the trainer's default, :class:`FastJpeg`)
     libjpeg-turbo (simplejpeg) decodes with DCT scaling: straight to the smallest size of the form
     W·k/8 that still holds the crop at the output size (1/2 of a 640×480 photo for 224 px), so the
     inverse DCT, colour conversion and chroma upsampling run on a quarter of the pixels; then PIL
     crops and resizes in one pass (``resize(box=...)``, no copy) with an antialiased *bilinear*
-    filter, to uint8. ToTensor and Normalize run once per batch (transforms.py).
-    Differs from open_clip's pixels by: the DCT-scaled decode (a downscale inside the decoder), the
-    bilinear instead of bicubic filter (and the crop box in sub-pixel coordinates of the smaller
-    image). Measured PSNR against open_clip's pixels: tests/test_jpeg_decoder.py states the bound.
+    filter. The batch stays uint8 (B×3×H×W, a quarter of the float bytes) with its ``image_normalize``
+    (mean, std): ToTensor's and Normalize's arithmetic run where the model is (:func:`images_to`),
+    free on a GPU. Differs from open_clip's pixels by the DCT-scaled decode, the bilinear filter and
+    the crop box's sub-pixel coordinates in the smaller image (PSNR bounds in
+    tests/test_jpeg_decoder.py). Non-JPEG images take open_clip's transform up to its uint8 pixels,
+    so their normalised values are bit-identical to ``pil``'s.
 ``device`` (:class:`DeviceImages`)
     The worker ships the JPEG bytes and the crop box; the training process decodes the batch on the
     training device (torchvision's ``decode_jpeg``: nvJPEG on CUDA, libjpeg-turbo on CPU), crops and
-    resizes each image there (antialiased bilinear) and normalises the batch. Differs from open_clip
-    by the filter (bilinear) only: the decode is full size.
+    resizes each image there (antialiased bilinear) and normalises. Differs from open_clip by the
+    filter (bilinear) only: the decode is full size.
 ``pil``
-    open_clip's transform as given: bit-identical pixels, the slowest path.
+    open_clip's transform as given (the loader's default for library callers): float batches,
+    bit-identical to ``preprocess(image)`` stacked.
 
-Any image that is not a JPEG (the shapes world's PNGs), a JPEG that libjpeg-turbo cannot decode to
-RGB (CMYK), and any transform other than open_clip's two (random resized crop; resize + centre crop)
-take the ``pil`` path, so results on non-JPEG data do not depend on the decoder.
+A JPEG that libjpeg-turbo cannot decode, and any transform other than open_clip's two (random
+resized crop; resize + centre crop), take open_clip's transform.
 """
 
 from __future__ import annotations
 
 import math
+import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -39,6 +43,8 @@ from PIL import Image
 from torchvision.transforms import CenterCrop, Compose, Normalize, RandomResizedCrop, Resize
 from torchvision.transforms import functional as F
 from torchvision.transforms.functional import InterpolationMode
+
+from .transforms import normalize_uint8
 
 DECODERS: tuple[str, ...] = ("fast", "pil", "device")
 JPEG_EXTENSIONS = ("jpg", "jpeg")
@@ -82,15 +88,31 @@ class CropGeometry:
                 return cls(h, w, False)  # the centre square of the short side
         return None
 
-    def crop(self, height: int, width: int) -> tuple[int, int, int, int]:
-        """(top, left, crop_h, crop_w) in the full image. Random crops come from torch's global
-        generator exactly as ``RandomResizedCrop.get_params`` draws them (the loader seeds it per
-        sample), so every path crops what open_clip's would."""
-        if self.random:
-            shape_only = torch.empty((1, height, width), device="meta")
-            return RandomResizedCrop.get_params(shape_only, list(self.scale), list(self.ratio))
-        side = min(height, width)
-        return (height - side) // 2, (width - side) // 2, side, side
+    def crop(self, height: int, width: int, rng: random.Random) -> tuple[int, int, int, int]:
+        """(top, left, crop_h, crop_w) in the full image: ``RandomResizedCrop.get_params``'s algorithm
+        (up to 10 draws of area and log-aspect, then the centre crop clamped to the ratio), drawing from
+        ``rng`` (the sample's seed) instead of torch's generator, which costs a dozen tensor calls per
+        image. Same distribution as open_clip's crops (tests/test_jpeg_decoder.py), not the same values."""
+        if not self.random:
+            side = min(height, width)
+            return (height - side) // 2, (width - side) // 2, side, side
+        area = height * width
+        log_lo, log_hi = math.log(self.ratio[0]), math.log(self.ratio[1])
+        for _ in range(10):
+            target = area * rng.uniform(*self.scale)
+            aspect = math.exp(rng.uniform(log_lo, log_hi))
+            w = int(round(math.sqrt(target * aspect)))
+            h = int(round(math.sqrt(target / aspect)))
+            if 0 < w <= width and 0 < h <= height:
+                return rng.randint(0, height - h), rng.randint(0, width - w), h, w
+        in_ratio = width / height  # as torchvision: the whole image, cut to the nearest allowed ratio
+        if in_ratio < min(self.ratio):
+            w, h = width, int(round(width / min(self.ratio)))
+        elif in_ratio > max(self.ratio):
+            h, w = height, int(round(height * max(self.ratio)))
+        else:
+            w, h = width, height
+        return (height - h) // 2, (width - w) // 2, h, w
 
 
 def _keeps_pixels(step) -> bool:
@@ -115,12 +137,12 @@ class FastJpeg:
         self.geometry = geometry
         self.resample = resample
 
-    def __call__(self, data: bytes) -> np.ndarray:
+    def __call__(self, data: bytes, rng: random.Random) -> np.ndarray:
         """Raises ValueError for bytes libjpeg-turbo cannot decode to RGB (the caller falls back)."""
         sj = self.simplejpeg
         height, width, _, _ = sj.decode_jpeg_header(data)
         g = self.geometry
-        top, left, ch, cw = g.crop(height, width)
+        top, left, ch, cw = g.crop(height, width, rng)
         # The smallest decode that still holds the crop at the output size (libjpeg picks k/8 >= this).
         need = max(g.out_w / cw, g.out_h / ch)
         pixels = sj.decode_jpeg(
@@ -179,5 +201,22 @@ class DeviceImages:
                 out[i] = (
                     torch.from_numpy(np.array(row, copy=True)).permute(2, 0, 1).to(device, non_blocking=non_blocking)
                 )
-        pixels = F.normalize(out.float().div_(255), self.normalize.mean, self.normalize.std, inplace=True)
-        return pixels.to(dtype or torch.get_default_dtype())
+        return normalize_uint8(out, self.normalize.mean, self.normalize.std, dtype)
+
+
+def images_to(
+    images: torch.Tensor | DeviceImages,
+    device: torch.device | str,
+    dtype: torch.dtype | None = None,
+    normalize: tuple[Sequence[float], Sequence[float]] | None = None,
+) -> torch.Tensor:
+    """A batch's images as the model's input on ``device``: a float tensor as is (``pil``), a uint8
+    one (``fast``) scaled and normalised there with ``normalize`` = (mean, std) (the batch's
+    ``image_normalize``), a :class:`DeviceImages` (``device``) decoded there."""
+    if isinstance(images, DeviceImages):
+        return images.to(device, dtype, non_blocking=True)
+    if images.dtype == torch.uint8:
+        if normalize is None:
+            raise ValueError("a uint8 image batch needs its (mean, std): the batch's image_normalize")
+        return normalize_uint8(images.to(device, non_blocking=True), *normalize, dtype=dtype)
+    return images.to(device, dtype=dtype, non_blocking=True)

@@ -76,11 +76,12 @@ class StreamingLoader:
             :func:`~data_pipelines.shards.reader.iter_shard` for which failures are retried.
         retry_backoff_s: wait this long before the first retry of a shard, twice as long before the
             next, and so on.
-        decoder: how JPEG members become pixels (:mod:`data_pipelines.loader.jpeg`): ``fast``
-            (DCT-scaled libjpeg-turbo decode, one antialiased bilinear crop-resize on uint8; the same
-            crops as ``preprocess``), ``pil`` (``preprocess`` exactly) or ``device`` (``image`` is a
-            :class:`~data_pipelines.loader.jpeg.DeviceImages`: JPEG bytes decoded, cropped and
-            normalised by ``.to(device)``). Other images always go through ``preprocess``.
+        decoder: how JPEG members become pixels (:mod:`data_pipelines.loader.jpeg`): ``pil`` (the
+            default here: ``preprocess`` exactly, float batches), ``fast`` (DCT-scaled libjpeg-turbo
+            decode and one bilinear crop-resize; ``image`` is a uint8 B×3×H×W tensor and
+            ``image_normalize`` its (mean, std): :func:`~data_pipelines.loader.jpeg.images_to` makes
+            the model's input on any device; the trainer's default) or ``device`` (``image`` is a
+            :class:`~data_pipelines.loader.jpeg.DeviceImages`: JPEG bytes decoded on ``.to(device)``).
     """
 
     def __init__(
@@ -111,7 +112,7 @@ class StreamingLoader:
         neighbour_kinds: Sequence[str] | None = None,
         read_retries: int = 3,
         retry_backoff_s: float = 1.0,
-        decoder: str = "fast",
+        decoder: str = "pil",
     ):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")

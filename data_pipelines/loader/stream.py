@@ -67,7 +67,7 @@ class ShardStream(IterableDataset):
         neighbour_kinds: Sequence[str] | None = None,
         read_retries: int = 3,
         retry_backoff_s: float = 1.0,
-        decoder: str = "fast",
+        decoder: str = "pil",
     ):
         self.sources = list(sources)
         self.mode = mode

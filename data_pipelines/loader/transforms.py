@@ -29,11 +29,25 @@ class SplitTransform:
     def per_batch(self, items: Sequence[np.ndarray | torch.Tensor]) -> torch.Tensor:
         if self.normalize is None:
             return torch.stack(list(items))
-        # ToTensor's arithmetic (channel-first, x / 255) on one float copy of the batch, then
-        # torchvision's normalize in place on it: no further copies.
-        pixels = torch.from_numpy(np.stack(items)).permute(0, 3, 1, 2)
-        pixels = pixels.to(torch.get_default_dtype(), memory_format=torch.contiguous_format).div_(255)
-        return F.normalize(pixels, self.normalize.mean, self.normalize.std, inplace=True)
+        return normalize_uint8(stack_uint8(items), self.normalize.mean, self.normalize.std)
+
+
+def stack_uint8(items: Sequence[np.ndarray]) -> torch.Tensor:
+    """H×W×C uint8 arrays → one B×C×H×W uint8 tensor (a quarter of the float batch's bytes), in
+    channels-last memory: one copy, no transposition here; :func:`normalize_uint8` makes the float
+    batch contiguous where it runs (on a GPU, for free)."""
+    return torch.from_numpy(np.stack(items)).permute(0, 3, 1, 2)
+
+
+def normalize_uint8(
+    pixels: torch.Tensor, mean: Sequence[float], std: Sequence[float], dtype: torch.dtype | None = None
+) -> torch.Tensor:
+    """ToTensor's arithmetic (x / 255) on one float copy of a uint8 batch, then torchvision's
+    normalize in place on it: element for element what ``Normalize(ToTensor(image))`` gives, on
+    whatever device ``pixels`` is (the ``fast`` decoder leaves this to the training device)."""
+    pixels = pixels.to(torch.get_default_dtype(), memory_format=torch.contiguous_format).div_(255)
+    pixels = F.normalize(pixels, list(mean), list(std), inplace=True)
+    return pixels if dtype is None else pixels.to(dtype)
 
 
 def _pil_to_array(steps: Callable[[Image.Image], Image.Image]) -> Callable[[Image.Image], np.ndarray]:

@@ -14,6 +14,8 @@ from collections.abc import Callable
 
 import torch
 
+from data_pipelines.loader.jpeg import images_to
+
 from ..distributed import any_rank
 from ..ema import EMATeacher
 from ..objectives import Features, Objective, concat_features
@@ -48,11 +50,16 @@ class Stepper:
         self.hooks = hooks or TrainHooks()
         self.neighbours = neighbours
 
+    def images(self, batch: dict) -> torch.Tensor:
+        """The batch's images on the device in the backend's dtype: uint8 batches (data.decoder=fast)
+        are scaled and normalised there, JPEG batches (device) decoded there."""
+        return images_to(batch["image"], self.backend.device, self.backend.input_dtype, batch.get("image_normalize"))
+
     def inputs(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """Images in the backend's dtype; captions, then (when a term needs them) the negatives
         flattened after them: [B positives ; B·K negatives], negative (b, k) at B + b·K + k."""
         device = self.backend.device
-        images = batch["image"].to(device, dtype=self.backend.input_dtype, non_blocking=True)
+        images = self.images(batch)
         texts = batch["text"].to(device, non_blocking=True)
         if self.objective.needs_negatives:
             neg = batch["neg_text"].to(device, non_blocking=True)
@@ -62,7 +69,7 @@ class Stepper:
     def embed(self, batch: dict) -> dict[str, torch.Tensor]:
         """The model's outputs for a batch in eval mode without gradient (ProtoCLIP's episode replay)."""
         device = self.backend.device
-        images = batch["image"].to(device, dtype=self.backend.input_dtype, non_blocking=True)
+        images = self.images(batch)
         self.backend.model.eval()
         with torch.no_grad(), self.backend.autocast():
             return self.backend.model(image=images, text=batch["text"].to(device, non_blocking=True))
