@@ -46,9 +46,15 @@ def run(cmd: list[str], timeout: int = 300, env: dict[str, str] | None = None) -
     return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env)
 
 
-def run_together(cmds: list[list[str]], timeout: int = 300) -> list[subprocess.CompletedProcess]:
+def run_together(
+    cmds: list[list[str]], timeout: int = 300, envs: list[dict[str, str] | None] | None = None
+) -> list[subprocess.CompletedProcess]:
     """Independent one-process runs side by side (a 2-core machine runs two at once in the time of one)."""
-    procs = [subprocess.Popen(c, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for c in cmds]
+    envs = envs or [None] * len(cmds)
+    procs = [
+        subprocess.Popen(c, cwd=REPO, env=e, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for c, e in zip(cmds, envs, strict=True)
+    ]
     done = []
     for proc in procs:
         try:

@@ -55,13 +55,28 @@ def mean(xs):
     return sum(xs) / len(xs)
 
 
+@pytest.fixture(scope="module")
+def full_run(recipe_shards, tmp_path_factory):
+    """Each recipe's whole run under ZeRO-2, made once: the learning test reads it, the resume test
+    compares a resumed run with it."""
+    done = {}
+
+    def get(recipe: str):
+        if recipe not in done:
+            out = tmp_path_factory.mktemp(recipe) / "full"
+            cmd = launch_cmd(
+                "cpu_deepspeed_zero2.yaml",
+                ["--config", str(REPO / f"configs/{recipe}.yaml"), *overrides(recipe_shards, out)],
+            )
+            done[recipe] = (out, run(cmd))
+        return done[recipe]
+
+    return get
+
+
 @pytest.mark.parametrize("recipe", ["clip", "dcl", "negclip", "degla", "protoclip"])
-def test_recipe_runs_under_zero2_and_learns(recipe, recipe_shards, tmp_path):
-    out = tmp_path / recipe
-    cmd = launch_cmd(
-        "cpu_deepspeed_zero2.yaml", ["--config", str(REPO / f"configs/{recipe}.yaml"), *overrides(recipe_shards, out)]
-    )
-    proc = run(cmd)
+def test_recipe_runs_under_zero2_and_learns(recipe, full_run):
+    out, proc = full_run(recipe)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     logged = metrics(out)
     assert sorted(logged) == list(range(1, STEPS + 1))
@@ -82,10 +97,10 @@ def test_recipe_runs_under_zero2_and_learns(recipe, recipe_shards, tmp_path):
 
 
 @pytest.mark.parametrize("recipe,resume_at", [("degla", 8), ("protoclip", 8)])
-def test_teacher_and_episodes_resume_exactly(recipe, resume_at, recipe_shards, tmp_path):
-    full, resumed = tmp_path / "full", tmp_path / "resumed"
+def test_teacher_and_episodes_resume_exactly(recipe, resume_at, recipe_shards, full_run, tmp_path):
+    resumed = tmp_path / "resumed"
     config = ["--config", str(REPO / f"configs/{recipe}.yaml")]
-    proc = run(launch_cmd("cpu_deepspeed_zero2.yaml", [*config, *overrides(recipe_shards, full)]))
+    full, proc = full_run(recipe)
     assert proc.returncode == 0, proc.stderr[-5000:]
     ckpt = full / "checkpoints" / f"step_{resume_at}"
     if recipe == "degla":

@@ -8,7 +8,7 @@ import os
 import pytest
 import torch
 
-from tests.runs import REPO, run, train_cmd
+from tests.runs import REPO, run, run_together, train_cmd
 from vlp.checkpoint import list_checkpoints, prune_checkpoints, read_trainer_state
 from vlp.config import ConfigError, load_config
 from vlp.ema import EMATeacher
@@ -128,12 +128,17 @@ def test_refusals_come_before_anything_is_written(train_shards, tmp_path):
     output folder exists; a checkpoint path that is not one is a config error (exit 2)."""
     out = tmp_path / "run"
     base = [f"output_dir={out}", f"data.train={train_shards}", "data.workers=0", "train.threads=1"]
-    proc = run(train_cmd([*base, f"eval.zeroshot=[{tmp_path / 'nowhere'}]"]))
-    assert proc.returncode == 1 and "vlp-train: error: eval.zeroshot:" in proc.stderr, proc.stderr[-2000:]
-    proc = run(train_cmd(base), env={**os.environ, ENV: "no_such_module:Hooks"})
-    assert proc.returncode == 1 and "cannot load the hooks" in proc.stderr, proc.stderr[-2000:]
-    proc = run(train_cmd([*base, f"train.resume={tmp_path}"]))
-    assert proc.returncode == 2 and "is not a vlp checkpoint" in proc.stderr, proc.stderr[-2000:]
+    bad_eval, bad_hooks, bad_resume = run_together(
+        [
+            train_cmd([*base, f"eval.zeroshot=[{tmp_path / 'nowhere'}]"]),
+            train_cmd(base),
+            train_cmd([*base, f"train.resume={tmp_path}"]),
+        ],
+        envs=[None, {**os.environ, ENV: "no_such_module:Hooks"}, None],
+    )
+    assert bad_eval.returncode == 1 and "vlp-train: error: eval.zeroshot:" in bad_eval.stderr, bad_eval.stderr[-2000:]
+    assert bad_hooks.returncode == 1 and "cannot load the hooks" in bad_hooks.stderr, bad_hooks.stderr[-2000:]
+    assert bad_resume.returncode == 2 and "is not a vlp checkpoint" in bad_resume.stderr, bad_resume.stderr[-2000:]
     assert not out.exists()
 
 
