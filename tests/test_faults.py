@@ -245,6 +245,15 @@ def rank_pid(out: Path, rank: int, min_step: int, proc: subprocess.Popen) -> int
 TIMEOUT_S = 20
 
 
+def kill_ranks(out: Path) -> None:
+    """Every rank that wrote a heartbeat, whatever became of the launcher."""
+    for beat in (out / "heartbeat").glob("rank*.json"):
+        try:
+            os.kill(json.loads(beat.read_text())["pid"], signal.SIGKILL)
+        except (OSError, ValueError, KeyError):
+            pass
+
+
 @pytest.mark.parametrize("launch", ["cpu_ddp.yaml", "cpu_deepspeed_zero2.yaml"])
 @pytest.mark.parametrize("fault", ["SIGSTOP", "SIGKILL"])
 def test_a_stalled_or_killed_rank_ends_the_job_naming_it(train_shards, tmp_path, launch, fault):
@@ -263,6 +272,7 @@ def test_a_stalled_or_killed_rank_ends_the_job_naming_it(train_shards, tmp_path,
             os.killpg(proc.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+        kill_ranks(out)  # the launcher starts its ranks in their own sessions
     assert rc != 0
     said = "is stopped (SIGSTOP or a frozen node)" if fault == "SIGSTOP" else "has exited"
     assert f"rank 0 gave up waiting for the other ranks (train.collective_timeout_s={TIMEOUT_S}" in stderr, stderr[

@@ -22,7 +22,7 @@ from accelerate.utils import InitProcessGroupKwargs
 from ..config import TrainConfig
 from ..distributed import any_rank
 from ..model import MAX_LOGIT_SCALE
-from .collectives import process_group_timeout
+from .collectives import process_group_timeout, set_default_group_timeout
 from .errors import TrainingError
 
 LOW_PRECISION = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -37,6 +37,7 @@ def make_accelerator(precision: str, collective_timeout_s: float) -> Accelerator
     # The timeout reaches torch's process group and DeepSpeed's init_distributed alike.
     timeout = process_group_timeout(collective_timeout_s)
     handlers = [InitProcessGroupKwargs(backend="gloo" if cpu_only else None, timeout=timeout)] if launched else []
+    set_default_group_timeout(timeout)
     mixed = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[precision]
     return Accelerator(mixed_precision=mixed, kwargs_handlers=handlers, cpu=cpu_only and not deepspeed)
 

@@ -44,6 +44,17 @@ def process_group_timeout(seconds: float) -> timedelta:
     return timedelta(seconds=seconds)
 
 
+def set_default_group_timeout(timeout: timedelta) -> None:
+    """The timeout of every process group created from now on without one. DeepSpeed builds its
+    data-parallel groups with ``new_group(ranks)``, which takes torch's module-level default (30
+    minutes for gloo, 10 for NCCL), not the default group's: a rank stalled inside ZeRO's gradient
+    all-reduce would hang the job that long (found by tests/test_faults.py)."""
+    from torch.distributed import distributed_c10d
+
+    distributed_c10d.default_pg_timeout = timeout
+    distributed_c10d.default_pg_nccl_timeout = timeout
+
+
 def is_collective_failure(exn: BaseException) -> bool:
     """An error raised by a collective whose peers did not answer (not a bug in the step)."""
     if isinstance(exn, getattr(dist, "DistError", ())):
