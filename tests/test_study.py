@@ -129,6 +129,7 @@ def _tiny_study(tmp_path: Path, world: Path, exported: Path) -> Path:
     common = [
         f"model.name=local-dir:{exported}",
         f"data.train={world}/train",
+        "data.shapes_world=",  # the recipes' data/shapes would be generated in the repository
         "data.workers=0",
         "train.max_steps=4",
         "train.batch_size=8",
@@ -141,9 +142,9 @@ def _tiny_study(tmp_path: Path, world: Path, exported: Path) -> Path:
     ]
     body = {
         "name": "tiny",
-        "description": "CLIP and DCL, two seeds, four steps each",
+        "description": "CLIP and DCL, one seed, four steps each",
         "control": "clip",
-        "seeds": [0, 1],
+        "seeds": [0],
         "overrides": common,
         "recipes": {
             "clip": {"config": str(REPO / "configs/clip.yaml")},
@@ -196,31 +197,32 @@ def test_tiny_study_interrupted_resumed_and_aggregated(tmp_path, world, exported
     proc = _study(["--config", str(path)])
     out, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, out
-    assert "1 done, 4 to run" in out
+    assert "1 done, 2 to run" in out
     log = (runs / "clip__seed0.log").read_text()
     assert "resum" in log.lower()
     cells = {p.stem: json.loads(p.read_text()) for p in (results / "cells").glob("*.json")}
-    assert set(cells) == {"start", "clip__seed0", "dcl__seed0", "clip__seed1", "dcl__seed1"}
-    cell = cells["dcl__seed1"]
-    assert cell["seed"] == 1 and cell["train"]["steps"] == 4 and cell["resolved_config"]["train"]["seed"] == 1
+    assert set(cells) == {"start", "clip__seed0", "dcl__seed0"}
+    cell = cells["dcl__seed0"]
+    assert cell["seed"] == 0 and cell["train"]["steps"] == 4 and cell["resolved_config"]["train"]["seed"] == 0
+    assert cell["resolved_config"]["data"]["shapes_world"] == ""
     m = cell["metrics"]["shapes/replace_rel"]
     assert len(m["items"]) == m["n"] and m["items"].count("1") == m["correct"]
     assert m["accuracy"] == pytest.approx(m["correct"] / m["n"])
     assert [row[0] for row in cell["curve"]] == [2, 4]
-    assert not (runs / "dcl__seed1" / "checkpoints").exists() and (runs / "dcl__seed1" / "export").is_dir()
+    assert not (runs / "dcl__seed0" / "checkpoints").exists() and (runs / "dcl__seed0" / "export").is_dir()
 
     # 3. The aggregate: intervals, paired tests against the control, table and plots.
     summary = json.loads((results / "summary.json").read_text())
     groups = {g["recipe"]: g for g in summary["groups"]}
-    assert groups["clip"]["seeds"] == [0, 1] and summary["missing"] == []
+    assert groups["clip"]["seeds"] == [0] and summary["missing"] == []
     neg = groups["dcl"]
-    items = [[int(c) for c in cells[f"dcl__seed{s}"]["metrics"]["shapes/replace_rel"]["items"]] for s in (0, 1)]
+    items = [[int(c) for c in cells["dcl__seed0"]["metrics"]["shapes/replace_rel"]["items"]]]
     assert neg["metrics"]["shapes/replace_rel"]["mean"] == pytest.approx(np.mean(items))
     vs = neg["vs_control"]["shapes/replace_rel"]
-    ctrl = [[int(c) for c in cells[f"clip__seed{s}"]["metrics"]["shapes/replace_rel"]["items"]] for s in (0, 1)]
+    ctrl = [[int(c) for c in cells["clip__seed0"]["metrics"]["shapes/replace_rel"]["items"]]]
     assert vs["delta"] == pytest.approx(np.mean(items) - np.mean(ctrl))
-    for k in (0, 1):  # one exact test per seed
-        assert vs["mcnemar"][k]["b"] == int(np.sum((np.array(items[k]) == 1) & (np.array(ctrl[k]) == 0)))
+    # one exact test per seed (the statistics over several seeds are tested by hand above)
+    assert vs["mcnemar"][0]["b"] == int(np.sum((np.array(items[0]) == 1) & (np.array(ctrl[0]) == 0)))
     pooled = neg["metrics"]["shapes/pooled"]
     assert pooled["n"] == sum(v["n"] for k, v in cells["dcl__seed0"]["metrics"].items() if k.startswith("shapes/"))
     table = (results / "table.md").read_text()
@@ -231,7 +233,7 @@ def test_tiny_study_interrupted_resumed_and_aggregated(tmp_path, world, exported
     # 4. Nothing left to do: a rerun trains nothing and rewrites the same aggregate.
     proc = _study(["--config", str(path), "--list"])
     out, _ = proc.communicate(timeout=120)
-    assert out.count("done  ") == 5 and "todo" not in out
+    assert out.count("done  ") == 3 and "todo" not in out
 
 
 def test_a_cell_that_cannot_be_evaluated_fails_with_one_message(tmp_path, exported, capsys):
