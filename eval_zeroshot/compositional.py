@@ -137,9 +137,15 @@ def pair_items_correct(scorer: Scorer, subsets: dict[str, list[dict]]) -> dict[s
     return out
 
 
+def counted(correct: int, n: int) -> dict:
+    """An accuracy as the exact fraction of its counts, with the counts beside it (153/300 is 0.51, where
+    a float32 mean gives 0.5099999904632568)."""
+    return {"accuracy": correct / n, "correct": correct, "n": n}
+
+
 def score_pairs(scorer: Scorer, subsets: dict[str, list[dict]]) -> dict[str, dict]:
     return {
-        name: {"accuracy": correct.float().mean().item(), "correct": int(correct.sum()), "n": len(correct)}
+        name: counted(int(correct.sum()), len(correct))
         for name, correct in pair_items_correct(scorer, subsets).items()
     }
 
@@ -149,8 +155,7 @@ def pooled(results: dict[str, dict], groups: dict[str, Sequence[str]]) -> dict[s
     for group, names in groups.items():
         present = [results[n] for n in names if n in results]
         if present:
-            n = sum(r["n"] for r in present)
-            out[group] = {"accuracy": sum(r["accuracy"] * r["n"] for r in present) / n, "n": n}
+            out[group] = counted(sum(r["correct"] for r in present), sum(r["n"] for r in present))
     return out
 
 
@@ -197,7 +202,7 @@ def macro_accuracy(
     for ok, g in zip(correct.tolist(), groups, strict=True):
         by_group[g].append(ok)
     kept = {
-        g: {"accuracy": sum(v) / len(v), "n": len(v)}
+        g: counted(sum(v), len(v))
         for g, v in by_group.items()
         if g not in exclude and len(v) >= min_cases
     }

@@ -70,9 +70,10 @@ def _lines(path: Path) -> list[str]:
     return [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
 
 
-def read_wds(root: Path, split: str = "test") -> EvalSet:
+def read_wds(root: Path, split: str = "test", require_classnames: bool = True) -> EvalSet:
     """CLIP_benchmark's local layout: ``root/{split}/nshards.txt`` + ``0.tar..N-1.tar``,
-    ``root/classnames.txt``, ``root/zeroshot_classification_templates.txt``, ``root/dataset_type.txt``."""
+    ``root/classnames.txt``, ``root/zeroshot_classification_templates.txt``, ``root/dataset_type.txt``.
+    ``require_classnames=False``: a named dataset brings its class names when the root has none."""
     nshards_file = root / split / "nshards.txt"
     if not nshards_file.is_file():
         raise DatasetError(f"{nshards_file} is missing (CLIP_benchmark's wds layout needs it)")
@@ -113,9 +114,9 @@ def read_wds(root: Path, split: str = "test") -> EvalSet:
     classnames = templates = None
     if task == "classification":
         names_file = root / "classnames.txt"
-        if not names_file.is_file():
+        if not names_file.is_file() and require_classnames:
             raise DatasetError(f"{names_file} is missing: zero-shot classification needs the class names")
-        classnames = _lines(names_file)
+        classnames = _lines(names_file) if names_file.is_file() else []
         templates_file = root / "zeroshot_classification_templates.txt"
         templates = _lines(templates_file) if templates_file.is_file() else None
     return EvalSet(root.name, task, items, classnames, templates, split)
@@ -162,7 +163,15 @@ def read_caption_table(path: Path) -> EvalSet:
 
 
 def read_dataset(spec: str, split: str = "test", classnames: str | None = None) -> EvalSet:
-    """Pick the reader from what ``spec`` is: a wds root, an ImageFolder, or a caption table."""
+    """Pick the reader from what ``spec`` is: a named dataset (``imagenet:PATH``, see named.py), a wds
+    root, an ImageFolder, or a caption table."""
+    from .named import parse_named, read_named
+
+    name, rest = parse_named(spec)
+    if name is not None:
+        if classnames:
+            raise DatasetError(f"{spec}: a named dataset brings its class names; --classnames is for plain folders")
+        return read_named(name, rest, split)
     path = Path(spec)
     if path.is_file():
         return read_caption_table(path)
@@ -174,10 +183,15 @@ def read_dataset(spec: str, split: str = "test", classnames: str | None = None) 
 
 
 def read_templates(path: str) -> list[str]:
-    """A templates file: one per line with ``{c}``, or a JSON list."""
+    """``openai`` / ``simple`` (open_clip's ImageNet templates), or a templates file: one per line with
+    ``{c}``, or a JSON list."""
+    from .named import TEMPLATE_SETS, template_set
+
+    if path in TEMPLATE_SETS and not Path(path).is_file():
+        return template_set(path)
     p = Path(path)
     if not p.is_file():
-        raise DatasetError(f"templates file {p} does not exist")
+        raise DatasetError(f"templates file {p} does not exist (or name a set: openai, simple)")
     text = p.read_text(encoding="utf-8")
     templates = json.loads(text) if text.lstrip().startswith("[") else _lines(p)
     bad = [t for t in templates if "{c}" not in t]
@@ -187,8 +201,13 @@ def read_templates(path: str) -> list[str]:
 
 
 def split_spec(spec: str) -> tuple[str, str]:
-    """``PATH:split`` -> (PATH, split); a plain PATH -> (PATH, "test")."""
-    head, sep, tail = spec.rpartition(":")
+    """``PATH:split`` -> (PATH, split); a plain PATH -> (PATH, "test"). A named dataset keeps its name:
+    ``imagenet:PATH:val`` -> ("imagenet:PATH", "val"), ``imagenet:PATH`` -> ("imagenet:PATH", "test")."""
+    from .named import parse_named
+
+    name, rest = parse_named(spec)
+    prefix = f"{name}:" if name is not None else ""
+    head, sep, tail = rest.rpartition(":")
     if sep and head and tail and "/" not in tail:
-        return head, tail
+        return prefix + head, tail
     return spec, "test"

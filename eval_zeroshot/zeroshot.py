@@ -30,15 +30,20 @@ def _autocast(device: torch.device, amp: bool):
 
 
 @torch.no_grad()
-def class_embeddings(model, tokenizer, classnames: Sequence[str], templates: Sequence[str], device, amp=False):
-    """D×C classifier: per class, mean of the normalised template embeddings, renormalised."""
-    columns = []
-    for name in classnames:
-        tokens = tokenizer([t.format(c=name) for t in templates]).to(device)
+def class_embeddings(
+    model, tokenizer, classnames: Sequence[str], templates: Sequence[str], device, amp=False, batch_size: int = 512
+):
+    """D×C classifier: per class, mean of the normalised template embeddings, renormalised. Prompts are
+    encoded in batches across classes (ImageNet's 1,000 × 80 are 80,000 prompts: one forward per class
+    would take minutes on a CPU); each prompt's embedding does not depend on its batch-mates."""
+    prompts = [t.format(c=name) for name in classnames for t in templates]
+    rows = []
+    for start in range(0, len(prompts), batch_size):
+        tokens = tokenizer(prompts[start : start + batch_size]).to(device)
         with _autocast(device, amp):
-            emb = F.normalize(model.encode_text(tokens), dim=-1).mean(dim=0)
-        columns.append(emb / emb.norm())
-    return torch.stack(columns, dim=1)
+            rows.append(F.normalize(model.encode_text(tokens), dim=-1))
+    emb = torch.cat(rows).reshape(len(classnames), len(templates), -1).mean(dim=1)
+    return (emb / emb.norm(dim=-1, keepdim=True)).T
 
 
 @torch.no_grad()
@@ -65,31 +70,55 @@ def image_features(
     return torch.cat(out) if out else torch.zeros(0, 0)
 
 
-def classification_metrics(logits: torch.Tensor, target: torch.Tensor, n_classes: int) -> dict[str, float]:
+def classification_counts(logits: torch.Tensor, target: torch.Tensor, n_classes: int) -> dict[str, int | None]:
+    """Images right at top-1 and top-5 (None with fewer than 5 classes), and how many were scored."""
     pred_top = logits.topk(min(5, n_classes), dim=1)[1]
-    acc1 = (pred_top[:, 0] == target).float().mean().item()
-    acc5 = (pred_top == target[:, None]).any(dim=1).float().mean().item() if n_classes >= 5 else float("nan")
+    top5 = int((pred_top == target[:, None]).any(dim=1).sum()) if n_classes >= 5 else None
+    return {"n": len(target), "acc1": int((pred_top[:, 0] == target).sum()), "acc5": top5}
+
+
+def classification_metrics(logits: torch.Tensor, target: torch.Tensor, n_classes: int) -> dict[str, float]:
+    """Accuracies as exact fractions of the counts (153/300 is 0.51, not float32's 0.50999999)."""
+    counts = classification_counts(logits, target, n_classes)
+    n = counts["n"]
     pred = logits.argmax(dim=1)
     recalls = [
         ((pred == c) & (target == c)).sum().item() / (target == c).sum().item() for c in target.unique().tolist()
     ]
-    return {"acc1": acc1, "acc5": acc5, "mean_per_class_recall": sum(recalls) / len(recalls)}
+    return {
+        "acc1": counts["acc1"] / n,
+        "acc5": counts["acc5"] / n if counts["acc5"] is not None else float("nan"),
+        "mean_per_class_recall": sum(recalls) / len(recalls),
+    }
+
+
+def retrieval_counts(
+    image_emb: torch.Tensor, text_emb: torch.Tensor, text_image: torch.Tensor, ks: Sequence[int] = RECALL_KS
+) -> dict[str, int]:
+    """Captions whose image is in their top k (of ``n_captions``), images with a caption in their top k
+    (of ``n_images``). ``text_image[t]``: the index of caption t's image."""
+    scores = text_emb @ image_emb.T
+    positive = torch.zeros_like(scores, dtype=torch.bool)
+    positive[torch.arange(len(scores)), text_image] = True
+    counts = {"n_captions": scores.shape[0], "n_images": scores.shape[1]}
+    for k in ks:
+        top_images = scores.topk(min(k, scores.shape[1]), dim=1)[1]
+        counts[f"image_retrieval_recall@{k}"] = int(positive.gather(1, top_images).any(1).sum())
+        top_texts = scores.T.topk(min(k, scores.shape[0]), dim=1)[1]
+        counts[f"text_retrieval_recall@{k}"] = int(positive.T.gather(1, top_texts).any(1).sum())
+    return counts
 
 
 def retrieval_metrics(
     image_emb: torch.Tensor, text_emb: torch.Tensor, text_image: torch.Tensor, ks: Sequence[int] = RECALL_KS
 ) -> dict[str, float]:
-    """``text_image[t]``: the index of caption t's image."""
-    scores = text_emb @ image_emb.T
-    positive = torch.zeros_like(scores, dtype=torch.bool)
-    positive[torch.arange(len(scores)), text_image] = True
-    metrics = {}
-    for k in ks:
-        top_images = scores.topk(min(k, scores.shape[1]), dim=1)[1]
-        metrics[f"image_retrieval_recall@{k}"] = positive.gather(1, top_images).any(1).float().mean().item()
-        top_texts = scores.T.topk(min(k, scores.shape[0]), dim=1)[1]
-        metrics[f"text_retrieval_recall@{k}"] = positive.T.gather(1, top_texts).any(1).float().mean().item()
-    return metrics
+    """Recalls as exact fractions of :func:`retrieval_counts`."""
+    counts = retrieval_counts(image_emb, text_emb, text_image, ks)
+    return {
+        key: value / counts["n_captions" if key.startswith("image_") else "n_images"]
+        for key, value in counts.items()
+        if "@" in key
+    }
 
 
 def _gather_rows(x: torch.Tensor, index: torch.Tensor, n: int, rank: int, world: int) -> torch.Tensor:
@@ -127,7 +156,7 @@ def classify(
 
 
 @torch.no_grad()
-def evaluate(
+def evaluate_counts(
     model,
     preprocess,
     tokenizer,
@@ -140,9 +169,10 @@ def evaluate(
     world_size: int = 1,
     dtype: torch.dtype | None = None,
     progress: Callable[[int], None] | None = None,
-) -> dict[str, float]:
-    """Metrics of one dataset. With ``world_size`` > 1 every rank encodes its share of the images
-    (round-robin) and the results are gathered: a collective, every rank gets the metrics."""
+) -> tuple[dict[str, float], dict[str, int | None]]:
+    """Metrics of one dataset and the counts they are fractions of. With ``world_size`` > 1 every rank
+    encodes its share of the images (round-robin) and the results are gathered: a collective, every rank
+    gets the metrics."""
     device = torch.device(device)
     mine = list(range(rank, len(dataset.items), world_size))
     feats = image_features(
@@ -151,7 +181,8 @@ def evaluate(
     feats = _gather_rows(feats, torch.tensor(mine, dtype=torch.long), len(dataset.items), rank, world_size)
     if dataset.task == "classification":
         logits, target = classify(model, tokenizer, dataset, feats, device, amp, templates)
-        return classification_metrics(logits, target, len(dataset.classnames))
+        n_classes = len(dataset.classnames)
+        return classification_metrics(logits, target, n_classes), classification_counts(logits, target, n_classes)
     captions = [c for item in dataset.items for c in item.captions]
     owner = torch.tensor([i for i, item in enumerate(dataset.items) for _ in item.captions])
     text_rows = []
@@ -159,4 +190,19 @@ def evaluate(
         tokens = tokenizer(captions[start : start + batch_size]).to(device)
         with _autocast(device, amp):
             text_rows.append(F.normalize(model.encode_text(tokens), dim=-1).float().cpu())
-    return retrieval_metrics(feats, torch.cat(text_rows), owner)
+    text = torch.cat(text_rows)
+    return retrieval_metrics(feats, text, owner), retrieval_counts(feats, text, owner)
+
+
+def evaluate(*args, **kwargs) -> dict[str, float]:
+    """The metrics of :func:`evaluate_counts` alone."""
+    return evaluate_counts(*args, **kwargs)[0]
+
+
+def count_fields(counts: dict[str, int | None]) -> dict:
+    """A result record's ``correct`` (per metric) and ``n`` (images; for retrieval, captions and images)
+    beside its ``metrics``, so that every accuracy reads as the fraction it is."""
+    if "n" in counts:
+        return {"correct": {k: v for k, v in counts.items() if k != "n"}, "n": counts["n"]}
+    n = {"captions": counts["n_captions"], "images": counts["n_images"]}
+    return {"correct": {k: v for k, v in counts.items() if "@" in k}, "n": n}

@@ -21,12 +21,7 @@ def bits(correct: torch.Tensor) -> str:
 
 
 def metric(correct: torch.Tensor) -> dict:
-    return {
-        "accuracy": float(correct.float().mean()),
-        "correct": int(correct.sum()),
-        "n": len(correct),
-        "items": bits(correct),
-    }
+    return {**C.counted(int(correct.sum()), len(correct)), "items": bits(correct)}
 
 
 def probe_subsets(folder: Path) -> dict[str, list[dict]]:

@@ -6,7 +6,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from eval_zeroshot.datasets import DatasetError, EvalSet, read_dataset, split_spec
-from eval_zeroshot.zeroshot import evaluate
+from eval_zeroshot.named import parse_named
+from eval_zeroshot.zeroshot import count_fields, evaluate_counts
 
 from ..config import EvalConfig
 from .backend import Backend
@@ -14,7 +15,8 @@ from .errors import TrainingError
 
 
 def read_eval_sets(cfg: EvalConfig) -> list[EvalSet]:
-    """The eval.zeroshot sets, each named ``folder[:split]``; a bad one stops the run before it starts."""
+    """The eval.zeroshot sets, each named ``folder[:split]`` (a named dataset by its name, e.g. imagenet1k);
+    a bad one stops the run before it starts."""
     sets = []
     for spec in cfg.zeroshot:
         path, split = split_spec(spec)
@@ -22,7 +24,8 @@ def read_eval_sets(cfg: EvalConfig) -> list[EvalSet]:
             dataset = read_dataset(path, split)
         except DatasetError as exn:
             raise TrainingError(f"eval.zeroshot: {exn}") from None
-        dataset.name = f"{Path(path).name}:{split}" if dataset.split else Path(path).name
+        base = dataset.name if parse_named(path)[0] is not None else Path(path).name
+        dataset.name = f"{base}:{split}" if dataset.split else base
         sets.append(dataset)
     return sets
 
@@ -44,7 +47,7 @@ class ZeroShotEvaluator:
         rank, world = self.backend.eval_partition()
         results = []
         for dataset in self.sets:
-            metrics = evaluate(
+            metrics, correct = evaluate_counts(
                 clip,
                 self.preprocess,
                 self.tokenizer,
@@ -63,6 +66,7 @@ class ZeroShotEvaluator:
                     "task": dataset.task,
                     "counts": counts,
                     "metrics": metrics,
+                    **count_fields(correct),
                 }
             )
         clip.train(was_training)
