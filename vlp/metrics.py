@@ -1,4 +1,5 @@
-"""Rank-0 logging: ``metrics.jsonl`` (one object per logged step), TensorBoard, and a progress line."""
+"""Rank-0 logging: ``metrics.jsonl`` (one object per logged step), ``eval.jsonl``, a progress line, and
+the experiment trackers of ``log.trackers`` (vlp/trackers.py), which get the same numbers."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from .trackers import EVAL_TABLE, Trackers, eval_table
+
 
 def _duration(seconds: float) -> str:
     seconds = int(max(0, seconds))
@@ -18,9 +21,17 @@ def _duration(seconds: float) -> str:
 
 
 class MetricsLogger:
-    """Writes only on the main process; other ranks get a logger that does nothing."""
+    """Writes only on the main process; other ranks get a logger that does nothing. ``trackers`` (the
+    main process's) receive what the files do."""
 
-    def __init__(self, output_dir: str | Path, total_steps: int, enabled: bool, start_step: int = 0):
+    def __init__(
+        self,
+        output_dir: str | Path,
+        total_steps: int,
+        enabled: bool,
+        start_step: int = 0,
+        trackers: Trackers | None = None,
+    ):
         self.enabled = enabled
         self.total = total_steps
         self.start_step = start_step
@@ -28,17 +39,11 @@ class MetricsLogger:
         self.started = time.perf_counter()
         self._bar = None
         self._file = None
-        self._tb = None
+        self._trackers = trackers if enabled else None
         if not enabled:
             return
         out = Path(output_dir)
         self._file = open(out / "metrics.jsonl", "a", buffering=1)
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self._tb = SummaryWriter(str(out / "tensorboard"))
-        except ImportError:  # tensorboard is a dependency, but a missing one must not stop training
-            self._tb = None
         if sys.stderr.isatty():
             self._bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True)
 
@@ -57,10 +62,9 @@ class MetricsLogger:
         if not log:
             return
         self._file.write(json.dumps(record) + "\n")
-        if self._tb is not None:
-            for key, value in record.items():
-                if key != "step" and isinstance(value, (int, float)):
-                    self._tb.add_scalar(f"train/{key}", value, step)
+        if self._trackers is not None:
+            scalars = {f"train/{k}": v for k, v in record.items() if k != "step" and isinstance(v, (int, float))}
+            self._trackers.log(scalars, step)
         if self._bar is None:
             print(
                 f"step {step}/{self.total}  loss {record['loss']:.4f}  lr {record['lr']:.2e}  "
@@ -70,15 +74,15 @@ class MetricsLogger:
             )
 
     def evaluation(self, step: int, results: list[dict]) -> None:
-        """Zero-shot metrics: one record in eval.jsonl, TensorBoard scalars, a line per set."""
+        """Zero-shot metrics: one record in eval.jsonl, scalars and a table for the trackers, a line per set."""
         if not self.enabled or not results:
             return
         flat = {f"eval/{r['dataset']}/{k}": v for r in results for k, v in r["metrics"].items()}
         with open(self.output_dir / "eval.jsonl", "a") as f:
             f.write(json.dumps({"step": step, "results": results}) + "\n")
-        if self._tb is not None:
-            for key, value in flat.items():
-                self._tb.add_scalar(key, value, step)
+        if self._trackers is not None:
+            self._trackers.log(flat, step)
+            self._trackers.table(EVAL_TABLE, *eval_table(step, results), step=step)
         for r in results:
             shown = "  ".join(f"{k} {v:.4f}" for k, v in r["metrics"].items() if k in ("acc1", "acc5") or "@1" in k)
             self.message(f"eval step {step}  {r['dataset']}: {shown}")
@@ -94,7 +98,8 @@ class MetricsLogger:
     def close(self) -> None:
         if self._bar is not None:
             self._bar.close()
-        if self._tb is not None:
-            self._tb.close()
+        if self._trackers is not None:
+            self._trackers.close()
+            self._trackers = None
         if self._file is not None:
             self._file.close()

@@ -10,6 +10,7 @@ from data_pipelines.loader import DECODERS, MODES, NEGATIVE_SAMPLING
 from data_pipelines.sources.shapes.twins import TWIN_KINDS
 
 from ..objectives.registry import HEADS, NEGATIVES, TERMS, not_accumulating, terms_needing
+from ..trackers import tracker_problem
 from .schema import PRECISIONS, Config, ConfigError
 
 
@@ -101,6 +102,9 @@ def validate(cfg: Config) -> None:
     _check(o.proto.restarts >= 1, f"objective.proto.restarts: must be at least 1, got {o.proto.restarts}")
     _check(cfg.eval.every >= 0, f"eval.every: must not be negative, got {cfg.eval.every}")
     _check(cfg.eval.batch_size >= 1, f"eval.batch_size: must be at least 1, got {cfg.eval.batch_size}")
+    for name in cfg.log.trackers:  # a tracker whose package is missing: accelerate would leave it out silently
+        problem = tracker_problem(name)
+        _check(problem is None, f"log.trackers: {problem}")
     resume = t.resume
     _check(
         resume in ("", "latest") or Path(resume).is_dir(),

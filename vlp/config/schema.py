@@ -124,10 +124,22 @@ class ObjectiveConfig:
 @dataclass
 class EvalConfig:
     # Zero-shot sets evaluated during training: CLIP_benchmark wds roots, ImageFolders or caption
-    # tables, each optionally with ":split" (e.g. data/shapes/zeroshot:heldout).
+    # tables, each optionally with ":split" (e.g. data/shapes/zeroshot:heldout), or named datasets
+    # (imagenet:PATH with ImageNet's synset folders: open_clip's 1,000 names and 80 templates).
     zeroshot: list[str] = field(default_factory=list)
     every: int = 0  # steps between evaluations; 0 = only at the end
     batch_size: int = 64
+
+
+@dataclass
+class LogConfig:
+    # Experiment trackers the metrics go to, by accelerate's names: tensorboard (OUTPUT/tensorboard), wandb,
+    # mlflow, aim, comet_ml, clearml, dvclive, swanlab, trackio; each but tensorboard needs its package
+    # (pip install 'vlp[wandb]', ...). [] = none: metrics.jsonl and eval.jsonl are written either way.
+    trackers: list[str] = field(default_factory=lambda: ["tensorboard"])
+    # The trackers' project (wandb project, mlflow experiment, ...); '' = output_dir's folder name. The run
+    # itself is always named after output_dir's folder.
+    project: str = ""
 
 
 @dataclass
@@ -138,3 +150,4 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    log: LogConfig = field(default_factory=LogConfig)

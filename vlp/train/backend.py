@@ -20,15 +20,20 @@ from accelerate import Accelerator
 from accelerate.utils import InitProcessGroupKwargs
 
 from ..config import TrainConfig
+from ..config.schema import LogConfig
 from ..distributed import any_rank
 from ..model import MAX_LOGIT_SCALE
+from ..trackers import accelerate_trackers, project_name
 from .collectives import process_group_timeout, set_default_group_timeout
 from .errors import TrainingError
 
 LOW_PRECISION = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def make_accelerator(precision: str, collective_timeout_s: float) -> Accelerator:
+def make_accelerator(
+    precision: str, collective_timeout_s: float, log: LogConfig | None = None, output_dir: str | None = None
+) -> Accelerator:
+    """The run's accelerator; with ``log`` and ``output_dir``, its trackers (log.trackers) log under output_dir."""
     launched = "WORLD_SIZE" in os.environ or "RANK" in os.environ  # by accelerate/torchrun, even with 1 process
     cpu_only = not torch.cuda.is_available()
     deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
@@ -39,13 +44,22 @@ def make_accelerator(precision: str, collective_timeout_s: float) -> Accelerator
     handlers = [InitProcessGroupKwargs(backend="gloo" if cpu_only else None, timeout=timeout)] if launched else []
     set_default_group_timeout(timeout)
     mixed = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[precision]
-    return Accelerator(mixed_precision=mixed, kwargs_handlers=handlers, cpu=cpu_only and not deepspeed)
+    trackers = None
+    if log is not None and output_dir is not None and log.trackers:
+        trackers = accelerate_trackers(log.trackers, project_name(log.project, output_dir), output_dir)
+    return Accelerator(
+        mixed_precision=mixed,
+        kwargs_handlers=handlers,
+        cpu=cpu_only and not deepspeed,
+        log_with=trackers,
+        project_dir=output_dir,
+    )
 
 
 class Backend:
-    def __init__(self, train: TrainConfig):
+    def __init__(self, train: TrainConfig, log: LogConfig | None = None, output_dir: str | None = None):
         self.cfg = train
-        self.acc = make_accelerator(train.precision, train.collective_timeout_s)
+        self.acc = make_accelerator(train.precision, train.collective_timeout_s, log, output_dir)
         plugin = self.acc.state.deepspeed_plugin
         self.deepspeed = plugin is not None
         self.zero_stage: int | None = plugin.zero_stage if plugin is not None else None

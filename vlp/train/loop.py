@@ -7,19 +7,23 @@ from __future__ import annotations
 import time
 
 from ..checkpoint import CheckpointWriteError
+from ..config import to_dict
 from ..distributed import any_rank, max_over_ranks
 from ..metrics import MetricsLogger
+from ..trackers import Trackers, project_name
 from .collectives import Heartbeat, is_collective_failure
 from .errors import EXIT_OK, TrainingError
 from .finish import finish
-from .setup import Run
+from .setup import Run, on_main_then_all
 from .stopping import NonFiniteGuard
 from .throughput import DataBoundWatch
 
 
 def train(run: Run) -> int:
     cfg, t, counters, backend = run.cfg, run.cfg.train, run.counters, run.backend
-    logger = MetricsLogger(cfg.output_dir, t.max_steps, backend.acc.is_main_process, start_step=counters.step)
+    logger = MetricsLogger(
+        cfg.output_dir, t.max_steps, backend.acc.is_main_process, start_step=counters.step, trackers=_trackers(run)
+    )
     guard = NonFiniteGuard(counters, t.max_nonfinite_steps, cfg.output_dir, counters.step if run.resume_from else None)
     losses: list[float] = []
     acc = backend.acc
@@ -45,6 +49,27 @@ def train(run: Run) -> int:
     finally:
         heartbeat.stop()
     return EXIT_OK
+
+
+def _trackers(run: Run) -> Trackers | None:
+    """log.trackers, started on the main process (only it logs) with the run's configuration. A tracker that
+    cannot start (wandb online without a login, an unreachable mlflow server) stops every rank with its
+    message, rather than leaving the others waiting in the first step's collective."""
+    cfg = run.cfg
+    if not cfg.log.trackers:
+        return None
+    started: list[Trackers] = []
+
+    def start() -> None:
+        try:
+            started.append(
+                Trackers(run.backend.acc, project_name(cfg.log.project, cfg.output_dir), cfg.output_dir, to_dict(cfg))
+            )
+        except Exception as exn:  # noqa: BLE001 - whatever the tracker's package raises
+            raise TrainingError(f"log.trackers: the trackers did not start: {type(exn).__name__}: {exn}") from exn
+
+    on_main_then_all(run.backend, start)
+    return started[0] if started else None
 
 
 def _steps(run: Run, logger: MetricsLogger, guard: NonFiniteGuard, losses: list[float], heartbeat: Heartbeat) -> bool:

@@ -140,7 +140,7 @@ def on_main_then_all(backend: Backend, fn: Callable[[], None]) -> None:
 def build_run(cfg: Config) -> Run:
     t, d, o = cfg.train, cfg.data, cfg.objective
     torch.set_num_threads(_threads(cfg))
-    backend = Backend(t)
+    backend = Backend(t, cfg.log, cfg.output_dir)
     stop = StopSignal()  # from here on, SIGTERM/SIGINT mean "save at the first step boundary"
     acc = backend.acc
     rank, world, is_main = acc.process_index, acc.num_processes, acc.is_main_process
