@@ -10,7 +10,7 @@ TORCH  ?= torch==2.14.1 torchvision==0.29.1
 STAMP  := $(VENV)/.installed
 DATA   ?= data/shapes
 
-.PHONY: demo test faults lint bench clean help study
+.PHONY: demo test faults lint bench clean help study browser
 
 help:
 	@echo "make demo   generate the shapes world, train a tiny CLIP under DeepSpeed ZeRO-2 (2 CPU processes), export it"
@@ -38,6 +38,7 @@ demo: $(STAMP)
 	@echo
 	$(BIN)/vlp-eval compositional --model local-dir:runs/demo/export --benchmark shapes \
 		--data $(DATA)/compositional --out runs/demo/compositional_shapes.json
+	$(BIN)/vlp-eval report demo=runs/demo demo=runs/demo/compositional_shapes.json --out runs/demo/report.html
 
 # A seeded study (configs/studies/$(STUDY).yaml) on the demo's world and export: resumable, one cell
 # at a time; the second drawing of the world's probes is generated first (once).
@@ -46,7 +47,14 @@ study: $(STAMP)
 	$(BIN)/vlp-data shapes-probes --out data/shapes_alt --drawing alt
 	$(BIN)/vlp-study --config configs/studies/$(STUDY).yaml
 
-test: $(STAMP)
+# tests/test_report.py loads the evaluation report in a real headless browser: Debian's Chromium.
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || { \
+		echo "installing Chromium (Debian's package) for the report's browser test"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium \
+			>/dev/null || { echo "could not install chromium: install it (apt-get install chromium) and rerun"; exit 1; }; }
+
+test: $(STAMP) browser
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q -m "not faults" tests
 

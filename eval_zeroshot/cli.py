@@ -27,7 +27,7 @@ def cmd_zeroshot(args: argparse.Namespace) -> int:
     from .datasets import DatasetError, read_dataset, read_templates
     from .models import ModelError, load_model
     from .report import zeroshot_table
-    from .zeroshot import evaluate
+    from .zeroshot import count_fields, evaluate_counts
 
     try:
         templates = read_templates(args.templates) if args.templates else None
@@ -40,7 +40,7 @@ def cmd_zeroshot(args: argparse.Namespace) -> int:
         start = time.perf_counter()
         print(f"# {ds.name} ({ds.split or ds.task}): {ds.counts()}", file=sys.stderr, flush=True)
         try:
-            metrics = evaluate(
+            metrics, counts = evaluate_counts(
                 loaded.model,
                 loaded.preprocess,
                 loaded.tokenizer,
@@ -60,6 +60,7 @@ def cmd_zeroshot(args: argparse.Namespace) -> int:
                 "counts": ds.counts(),
                 "templates": list(templates or ds.templates or []) if ds.task == "classification" else None,
                 "metrics": metrics,
+                **count_fields(counts),
                 "seconds": round(time.perf_counter() - start, 2),
             }
         )
@@ -126,7 +127,7 @@ def run_compositional(args: argparse.Namespace, loaded) -> dict:
     correct = W.score_order(scorer, cases, tagger, args.seed)
     name = "coco_order" if args.benchmark == "aro-coco-order" else "flickr_order"
     result.update(
-        subsets={name: {"accuracy": correct.float().mean().item(), "n": len(cases)}},
+        subsets={name: C.counted(int(correct.sum()), len(cases))},
         seed=args.seed,
         tagger=args.tagger,
         reference_key="aro",
@@ -140,6 +141,31 @@ def cmd_compositional(args: argparse.Namespace) -> int:
     from .datasets import DatasetError
     from .models import ModelError, load_model
 
+    if args.download:
+        from .download import BENCHMARKS as DOWNLOADABLE
+        from .download import DownloadError, ensure
+
+        if args.benchmark not in DOWNLOADABLE:
+            return _err(f"--download fetches {', '.join(DOWNLOADABLE)}; {args.benchmark} is made by vlp-data")
+        try:
+            fetched = ensure(args.benchmark, Path(args.download), args.mirror, args.with_images)
+        except DownloadError as exn:
+            return _err(str(exn))
+        if args.images is None and args.data is None:  # an explicit --data keeps its own image default
+            if not fetched.images_ready:
+                return _err(fetched.images_hint)
+            args.images = str(fetched.images)
+        args.data = args.data or str(fetched.data)
+        if args.benchmark == "aro-vgr" and not args.exclude:
+            print(
+                "note: without --exclude every relation enters the macro accuracy; the official figure leaves "
+                "out the ARO notebook's list (EVAL_PROTOCOLS.md: vg_relation_excluded.json)",
+                file=sys.stderr,
+            )
+    elif args.mirror or args.with_images:
+        return _err("--mirror and --with-images go with --download DIR")
+    elif args.data is None:
+        return _err("--data is required (or --download DIR to fetch the benchmark's files first)")
     if not Path(args.data).exists():
         return _err(f"--data {args.data} does not exist")
     try:
@@ -185,6 +211,19 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report_page import ReportError, write_report
+
+    if Path(args.out).suffix.lower() not in (".html", ".htm"):
+        return _err(f"--out {args.out}: the report is an HTML page (e.g. report.html; its Markdown twin goes beside)")
+    try:
+        html, md = write_report(args.results, args.out)
+    except ReportError as exn:
+        return _err(str(exn))
+    print(f"written {html} and {md} (charts in {md.parent / (md.stem + '_charts')})", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p, sub = command_parser("vlp-eval", __doc__)
     s = add_command(sub, "zeroshot", "zero-shot classification and retrieval (CLIP_benchmark's metrics)", cmd_zeroshot)
@@ -198,11 +237,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--dataset",
         required=True,
         nargs="+",
-        help="CLIP_benchmark wds root, ImageFolder, or CSV/JSONL of (image, caption); several allowed",
+        help="CLIP_benchmark wds root, ImageFolder, CSV/JSONL of (image, caption), or a named dataset: "
+        "imagenet:PATH (synset folders n01440764/... or CLIP_benchmark's wds ImageNet; open_clip's 1,000 class "
+        "names and the 80 OpenAI templates), imagenetv2:, imagenet_sketch:, imagenet-a:, imagenet-r:, or any "
+        "CLIP_benchmark dataset name with its wds root (cifar10:PATH, ...); several allowed",
     )
     s.add_argument("--split", default="test", help="split of a wds dataset")
     s.add_argument("--classnames", default=None, help="class names file for an ImageFolder (one per line)")
-    s.add_argument("--templates", default=None, help="templates file (one per line with {c}, or a JSON list)")
+    s.add_argument(
+        "--templates",
+        default=None,
+        help="openai (CLIP's 80 ImageNet prompts), simple (its 7 short ones), or a file (one per line with {c}, "
+        "or a JSON list); default: the dataset's own (named datasets: their standard ones)",
+    )
     s.add_argument("--batch-size", type=int, default=64)
     s.add_argument("--device", default="cpu")
     s.add_argument("--amp", action="store_true", help="autocast (default fp32, as CLIP_benchmark --no_amp)")
@@ -216,8 +263,30 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--benchmark", required=True, choices=BENCHMARKS)
     s.add_argument(
         "--data",
-        required=True,
-        help="sugarcrepe/shapes: folder of *.json; aro-vg*: the annotation JSON; *-order: the Karpathy test JSON",
+        default=None,
+        help="sugarcrepe/shapes: folder of *.json; aro-vg*: the annotation JSON; *-order: the Karpathy test JSON "
+        "(required unless --download gives it)",
+    )
+    s.add_argument(
+        "--download",
+        metavar="DIR",
+        default=None,
+        help="first fetch the benchmark's official files into DIR (resumable; files already there are checked and "
+        "reused); --data and --images then default to them. Only SugarCrepe's files have a known sha256; ARO's "
+        "and the Karpathy files are only checked to be whole JSON. Offline, says which files to place where",
+    )
+    s.add_argument(
+        "--mirror",
+        metavar="URL",
+        default=None,
+        help="with --download: fetch URL/<path under DIR> instead of the official locations (a folder path means "
+        "file://); default $VLP_BENCHMARK_MIRROR",
+    )
+    s.add_argument(
+        "--with-images",
+        action="store_true",
+        help="with --download, also fetch and unpack the images: COCO val2017 (sugarcrepe, 0.8 GB), ARO's VG zip "
+        "(aro-vg*, 1 GB), COCO val2014 (aro-coco-order, 6 GB); Flickr30k needs a sign-up",
     )
     s.add_argument(
         "--images",
@@ -254,6 +323,21 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--batch-size", type=int, default=64)
     s.add_argument("--device", default="cpu")
     s.add_argument("--out", default=None, help="results JSON")
+
+    s = add_command(
+        sub,
+        "report",
+        "one self-contained HTML page (and a Markdown twin) comparing result JSONs and training runs",
+        cmd_report,
+    )
+    s.add_argument(
+        "results",
+        nargs="+",
+        metavar="RESULT",
+        help="vlp-eval zeroshot/compositional JSONs, training run folders (metrics.jsonl, eval.jsonl), each "
+        "optionally NAME=PATH to name its row (default: the model, or the run folder's name)",
+    )
+    s.add_argument("--out", required=True, help="the HTML page, e.g. report.html (report.md and report_charts/ beside)")
     return p
 
 
