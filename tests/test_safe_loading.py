@@ -145,7 +145,7 @@ def test_forced_weights_only_overrides_an_explicit_false_and_is_undone(tmp_path,
     assert not marker.exists()
     assert "TORCH_FORCE_WEIGHTS_ONLY_LOAD" not in os.environ
     assert os.environ["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] == "1"
-    assert torch.serialization.get_safe_globals() == before
+    assert set(torch.serialization.get_safe_globals()) == set(before)  # torch keeps them as a set: no order
 
 
 def test_honest_deepspeed_checkpoints_export_exactly_as_safetensors(deepspeed_checkpoints, tmp_path):
