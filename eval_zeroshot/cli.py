@@ -335,7 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         metavar="RESULT",
         help="vlp-eval zeroshot/compositional JSONs, training run folders (metrics.jsonl, eval.jsonl), each "
-        "optionally NAME=PATH to name its row (default: the model, or the run folder's name)",
+        "optionally NAME=PATH to name its column (default: the model, or the run folder's name)",
     )
     s.add_argument("--out", required=True, help="the HTML page, e.g. report.html (report.md and report_charts/ beside)")
     return p

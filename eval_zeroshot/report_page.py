@@ -2,11 +2,12 @@
 results: ``vlp-eval zeroshot`` and ``vlp-eval compositional`` JSONs, and training runs (their
 ``metrics.jsonl`` / ``eval.jsonl``).
 
-Per benchmark a table (models as rows, beside the published rows the compositional evaluator carries) and
+Per benchmark a table (a row per subset, a column per model, then the published columns the compositional
+evaluator carries) and
 a bar chart with 95% intervals (Wilson's, binomial over the items: one run's sampling error, not the
 spread over seeds); per training run its loss curve and zero-shot curves. A result is named by its model
 (``local-dir:runs/demo/export`` -> ``runs/demo/export``) or by ``NAME=PATH`` on the command line, so one
-model's zero-shot and compositional files land on one row.
+model's zero-shot and compositional files land in one column.
 """
 
 from __future__ import annotations
