@@ -257,10 +257,11 @@ td:first-child,th:first-child{text-align:left}
 """
 
 # Run in the browser when the page loads: counts the charts that were laid out with marks in them and
-# records any script error, so that a headless browser (tests/test_report.py) can tell a drawn page
-# from a broken one by reading the DOM.
+# records every script error, resource error and console.error, so that a headless browser
+# (tests/test_report.py) can tell a drawn page from a broken one by reading the DOM.
 CHECK = """
-window.__errors=[];window.addEventListener('error',e=>window.__errors.push(String(e.message)));
+window.__errors=[];window.addEventListener('error',e=>window.__errors.push(String(e.message||e.type)),true);
+const __consoleError=console.error;console.error=(...a)=>{window.__errors.push(a.join(' '));__consoleError(...a);};
 window.addEventListener('load',()=>{const c=[...document.querySelectorAll('svg.chart')];
 const drawn=c.filter(s=>{const b=s.getBBox();return b.width>0&&b.height>0&&s.querySelector('.mark')});
 document.body.dataset.charts=c.length;document.body.dataset.drawn=drawn.length;

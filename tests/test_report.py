@@ -122,6 +122,17 @@ def test_the_page_loads_in_a_headless_browser_with_every_chart_drawn(inputs, tmp
     body = dom[dom.index("<body") : dom.index(">", dom.index("<body")) + 1]
     # the page's own check ran after load: 4 charts laid out with marks, no script error
     assert 'data-charts="4"' in body and 'data-drawn="4"' in body and 'data-errors="0"' in body, body
+    # the check can fail: a page with a script error and a chart whose marks are gone is told apart
+    broken = tmp_path / "broken.html"
+    page = out.read_text().replace("</body>", "<script>console.error('boom')</script></body>")
+    first = page.index('<svg class="chart"')
+    end = page.index("</svg>", first)
+    broken.write_text(page[:first] + page[first:end].replace('class="mark"', "") + page[end:])
+    dom = subprocess.run(
+        [chromium(), *flags, "--dump-dom", broken.as_uri()], capture_output=True, text=True, timeout=120
+    ).stdout
+    body = dom[dom.index("<body") : dom.index(">", dom.index("<body")) + 1]
+    assert 'data-charts="4"' in body and 'data-drawn="3"' in body and 'data-errors="1"' in body, body
     shot = tmp_path / "shot.png"
     subprocess.run(
         [chromium(), *flags, "--window-size=1000,1400", f"--screenshot={shot}", out.as_uri()],
