@@ -216,10 +216,14 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     if Path(args.out).suffix.lower() not in (".html", ".htm"):
         return _err(f"--out {args.out}: the report is an HTML page (e.g. report.html; its Markdown twin goes beside)")
+    if Path(args.out).is_dir():
+        return _err(f"--out {args.out}: cannot write the report there (it is a folder)")
     try:
         html, md = write_report(args.results, args.out)
     except ReportError as exn:
         return _err(str(exn))
+    except OSError as exn:  # --out names a folder, or a path under a file
+        return _err(f"--out {args.out}: cannot write the report there ({exn.strerror or exn})")
     print(f"written {html} and {md} (charts in {md.parent / (md.stem + '_charts')})", file=sys.stderr)
     return 0
 

@@ -140,13 +140,12 @@ def pair_items_correct(scorer: Scorer, subsets: dict[str, list[dict]]) -> dict[s
 def counted(correct: int, n: int) -> dict:
     """An accuracy as the exact fraction of its counts, with the counts beside it (153/300 is 0.51, where
     a float32 mean gives 0.5099999904632568)."""
-    return {"accuracy": correct / n, "correct": correct, "n": n}
+    return {"accuracy": correct / n if n else float("nan"), "correct": correct, "n": n}
 
 
 def score_pairs(scorer: Scorer, subsets: dict[str, list[dict]]) -> dict[str, dict]:
     return {
-        name: counted(int(correct.sum()), len(correct))
-        for name, correct in pair_items_correct(scorer, subsets).items()
+        name: counted(int(correct.sum()), len(correct)) for name, correct in pair_items_correct(scorer, subsets).items()
     }
 
 
@@ -201,11 +200,7 @@ def macro_accuracy(
     by_group: dict[str, list[bool]] = defaultdict(list)
     for ok, g in zip(correct.tolist(), groups, strict=True):
         by_group[g].append(ok)
-    kept = {
-        g: counted(sum(v), len(v))
-        for g, v in by_group.items()
-        if g not in exclude and len(v) >= min_cases
-    }
+    kept = {g: counted(sum(v), len(v)) for g, v in by_group.items() if g not in exclude and len(v) >= min_cases}
     if not kept:
         raise DatasetError("no group is left to average (all excluded or too small)")
     return sum(r["accuracy"] for r in kept.values()) / len(kept), kept

@@ -176,6 +176,12 @@ def read_dataset(spec: str, split: str = "test", classnames: str | None = None) 
     if path.is_file():
         return read_caption_table(path)
     if not path.is_dir():
+        head, sep, _ = spec.partition(":")
+        if sep and head and "/" not in head and not Path(head).exists():  # NAME:PATH with an unknown NAME
+            from .named import known_names
+
+            known = ", ".join(known_names())
+            raise DatasetError(f"dataset {spec} does not exist, and {head!r} is not a dataset name ({known})")
         raise DatasetError(f"dataset {spec} does not exist")
     if (path / split / "nshards.txt").is_file() or (path / "classnames.txt").is_file():
         return read_wds(path, split)

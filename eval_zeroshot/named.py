@@ -108,13 +108,16 @@ def lookup(name: str) -> Named:
 
 def parse_named(spec: str) -> tuple[str | None, str]:
     """``imagenet:PATH`` -> ("imagenet", "PATH"); anything else -> (None, spec). A prefix that is an
-    existing file or folder is a path (``data/x:heldout`` stays a path with a split)."""
+    existing file or folder is a path with a split (``data/x:heldout``, ``./imagenet:val``) unless what
+    follows is an existing path itself (``imagenet:/data/imagenet/val``)."""
     head, sep, rest = spec.partition(":")
-    if not sep or not rest or Path(head).exists() or "/" in head:
+    if not sep or not rest or "/" in head:
         return None, spec
+    if Path(head).exists() and ("/" not in rest or not Path(rest).exists()):
+        return None, spec  # ./imagenet:val is that folder's split; imagenet:/data/val stays a name
     key = ALIASES.get(head.lower(), head.lower())
     names, templates = _clip_benchmark_metadata()
-    if key in IMAGENET_FAMILY or key in names or key in templates:
+    if key != "dummy" and (key in IMAGENET_FAMILY or key in names or key in templates):
         return head, rest
     return None, spec
 
@@ -163,6 +166,10 @@ def read_named(name: str, path: str, split: str = "test") -> EvalSet:
             dataset.templates = dataset.templates or list(named.templates)
         dataset.name = named.name
         return dataset
+    splits = sorted(p.parent.name for p in root.glob("*/nshards.txt"))
+    if splits:  # a wds root, but not this split: say so rather than reading it as synset folders
+        missing = root / split / "nshards.txt"
+        raise DatasetError(f"{name}:{path}: no split {split!r} ({missing} is missing); it has {splits}")
     if named.synsets is None:
         raise DatasetError(
             f"{name}:{path}: not a CLIP_benchmark wds root ({root / split / 'nshards.txt'} is missing); "

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from html import escape
@@ -38,10 +39,19 @@ class Score:
     correct: int | None = None
 
     def counts(self) -> tuple[int, int] | None:
-        """(correct, n), exact when the file stores them; older files only have the fraction."""
-        if self.n is None:
+        """(correct, n) when the file stores both: an interval is drawn only for a proportion of counted
+        items (a macro average, as ARO's VG scores, has none)."""
+        if self.n is None or self.correct is None:
             return None
-        return (self.correct if self.correct is not None else round(self.accuracy * self.n), self.n)
+        return (self.correct, self.n)
+
+
+@dataclass
+class Run:
+    folder: Path
+    losses: list[tuple[float, float]]  # (step, loss)
+    last: dict  # the last metrics.jsonl record
+    evals: list[dict]  # eval.jsonl records
 
 
 @dataclass
@@ -50,12 +60,18 @@ class Inputs:
     tables: dict[str, dict[str, dict[str, Score]]] = field(default_factory=dict)
     chance: dict[str, float] = field(default_factory=dict)
     references: dict[str, str] = field(default_factory=dict)  # benchmark -> REFERENCES key
-    runs: dict[str, Path] = field(default_factory=dict)  # training runs: name -> folder
+    runs: dict[str, Run] = field(default_factory=dict)  # training runs by name
     sources: list[tuple[str, str]] = field(default_factory=list)  # (name, path) as given
 
 
-def _model_name(spec: str, fallback: str) -> str:
+def _model_name(data: dict, fallback: str) -> str:
+    """``local-dir:runs/a/export`` -> ``runs/a/export``; a pretrained tag or file joins the name, so that
+    ViT-B-32 with openai and with laion2b weights stay two models."""
+    spec = str(data.get("model") or "")
     name = spec.split(":", 1)[1] if spec.startswith("local-dir:") else spec
+    pretrained = str(data.get("pretrained") or "")
+    if name and pretrained:
+        name += f" ({Path(pretrained).name})"
     return name or fallback
 
 
@@ -69,28 +85,44 @@ def _read_json(path: Path) -> dict:
     return data
 
 
-def _add_zeroshot(inputs: Inputs, data: dict, name: str) -> None:
-    for r in data["results"]:
+def _number(value: object) -> float:
+    """A metric as a float; None or anything else non-numeric is NaN (drawn as a gap)."""
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else float("nan")
+
+
+def _put(inputs: Inputs, bench: str, name: str, column: str, score: Score, where: Path) -> None:
+    row = inputs.tables.setdefault(bench, {}).setdefault(name, {})
+    if column in row:
+        raise ReportError(
+            f"{where}: a second result for {name!r} on {bench} {column}; name the inputs apart with NAME=PATH"
+        )
+    row[column] = score
+
+
+def _add_zeroshot(inputs: Inputs, results: list, name: str, where: Path) -> None:
+    for r in results:
         split = r.get("split")
         named = r["dataset"].endswith(f":{split}")  # training's eval.jsonl names its sets folder:split already
         column = f"{r['dataset']}:{split}" if split and not named else r["dataset"]
         key = "acc1" if r["task"] == "classification" else "image_retrieval_recall@1"
-        value = r["metrics"].get(key)
-        if value is None or (isinstance(value, float) and math.isnan(value)):
+        value = _number(r["metrics"].get(key))
+        if math.isnan(value):
             continue
         n = r.get("n")
-        n = n if isinstance(n, int) else (r.get("counts", {}).get("images") if r["task"] == "classification" else None)
-        correct = r.get("correct", {}).get(key)
-        inputs.tables.setdefault("zeroshot", {}).setdefault(name, {})[column] = Score(value, n, correct)
+        if isinstance(n, dict):  # retrieval: recall@k of the images is a fraction of the captions
+            n = n.get("captions")
+        if not isinstance(n, int):
+            n = r.get("counts", {}).get("images") if r["task"] == "classification" else None
+        correct = (r.get("correct") or {}).get(key)
+        _put(inputs, "zeroshot", name, column, Score(value, n, correct if isinstance(correct, int) else None), where)
 
 
-def _add_compositional(inputs: Inputs, data: dict, name: str) -> None:
-    bench = data["benchmark"]
-    row = inputs.tables.setdefault(bench, {}).setdefault(name, {})
-    for column, s in {**data["subsets"], **data.get("pooled", {})}.items():
-        row[column] = Score(s["accuracy"], s.get("n"), s.get("correct"))
+def _add_compositional(inputs: Inputs, data: dict, name: str, where: Path) -> None:
+    bench = str(data["benchmark"])
+    for column, s in {**data["subsets"], **(data.get("pooled") or {})}.items():
+        _put(inputs, bench, name, column, Score(_number(s["accuracy"]), s.get("n"), s.get("correct")), where)
     if data.get("chance") is not None:
-        inputs.chance[bench] = data["chance"]
+        inputs.chance[bench] = float(data["chance"])
     if data.get("reference_key"):
         inputs.references[bench] = data["reference_key"]
 
@@ -98,10 +130,17 @@ def _add_compositional(inputs: Inputs, data: dict, name: str) -> None:
 def _add_run(inputs: Inputs, folder: Path, name: str) -> None:
     if not (folder / "metrics.jsonl").is_file() and not (folder / "eval.jsonl").is_file():
         raise ReportError(f"{folder}: not a training run (no metrics.jsonl or eval.jsonl in it)")
-    inputs.runs[name] = folder
-    last = _jsonl(folder / "eval.jsonl")
-    if last:  # the run's final zero-shot numbers join the zero-shot table
-        _add_zeroshot(inputs, {"results": last[-1]["results"]}, name)
+    if name in inputs.runs:
+        raise ReportError(f"{folder}: a second training run named {name!r}; name the runs apart with NAME=PATH")
+    metrics = _jsonl(folder / "metrics.jsonl")
+    losses = [(float(r["step"]), _number(r.get("loss"))) for r in metrics if "step" in r]
+    evals = _jsonl(folder / "eval.jsonl")
+    for i, record in enumerate(evals, 1):
+        if not isinstance(record.get("results"), list) or "step" not in record:
+            raise ReportError(f"{folder / 'eval.jsonl'}:{i}: an evaluation record needs 'step' and 'results'")
+    inputs.runs[name] = Run(folder, losses, metrics[-1] if metrics else {}, evals)
+    if evals:  # the run's final zero-shot numbers join the zero-shot table
+        _add_zeroshot(inputs, evals[-1]["results"], name, folder / "eval.jsonl")
 
 
 def read_inputs(specs: list[str]) -> Inputs:
@@ -111,26 +150,35 @@ def read_inputs(specs: list[str]) -> Inputs:
         label, sep, raw = spec.partition("=")
         if not sep or Path(spec).exists():
             label, raw = "", spec
+        if not raw:
+            raise ReportError(f"{spec}: NAME=PATH needs a path")
         path = Path(raw)
         if not path.exists():
             raise ReportError(f"{path} does not exist")
         if path.is_file() and path.suffix == ".jsonl":
             path = path.parent
-        if path.is_dir():
-            name = label or path.name
-            _add_run(inputs, path, name)
-        else:
-            data = _read_json(path)
-            name = label or _model_name(str(data.get("model", "")), path.stem)
-            if isinstance(data.get("results"), list):
-                _add_zeroshot(inputs, data, name)
-            elif "benchmark" in data and isinstance(data.get("subsets"), dict):
-                _add_compositional(inputs, data, name)
+        try:
+            if path.is_dir():
+                name = label or path.name
+                _add_run(inputs, path, name)
             else:
-                raise ReportError(
-                    f"{path}: neither a vlp-eval zeroshot result (a 'results' list) nor a compositional one "
-                    "('benchmark' and 'subsets')"
-                )
+                data = _read_json(path)
+                name = label or _model_name(data, path.stem)
+                if isinstance(data.get("results"), list):
+                    _add_zeroshot(inputs, data["results"], name, path)
+                elif "benchmark" in data and isinstance(data.get("subsets"), dict):
+                    _add_compositional(inputs, data, name, path)
+                else:
+                    raise ReportError(
+                        f"{path}: neither a vlp-eval zeroshot result (a 'results' list) nor a compositional one "
+                        "('benchmark' and 'subsets')"
+                    )
+        except (KeyError, TypeError, AttributeError, ValueError) as exn:
+            if isinstance(exn, ReportError):
+                raise
+            raise ReportError(
+                f"{path}: not a well-formed vlp-eval result or run ({type(exn).__name__}: {exn})"
+            ) from None
         inputs.sources.append((name, str(raw)))
     if not inputs.tables and not inputs.runs:
         raise ReportError("nothing to report: give result JSONs or training run folders")
@@ -144,9 +192,12 @@ def _jsonl(path: Path) -> list[dict]:
     for i, line in enumerate(path.read_text().splitlines(), 1):
         if line.strip():
             try:
-                rows.append(json.loads(line))
+                row = json.loads(line)
             except ValueError:
                 raise ReportError(f"{path}:{i}: not a JSON line") from None
+            if not isinstance(row, dict):
+                raise ReportError(f"{path}:{i}: expected a JSON object")
+            rows.append(row)
     return rows
 
 
@@ -185,7 +236,7 @@ def benchmark_section(bench: str, inputs: Inputs) -> Section:
         {"": c, **{m: _cell(row.get(c)) for m, row in models.items()}, **{r: v.get(c) for r, v in refs.items()}}
         for c in columns
     ]
-    what = "zero-shot: top-1 accuracy" if bench == "zeroshot" else f"{bench}: accuracy"
+    what = "zero-shot: top-1 accuracy (retrieval: recall@1)" if bench == "zeroshot" else f"{bench}: accuracy"
     bars = BarChart(f"{what} with 95% intervals", columns, chance=inputs.chance.get(bench))
     for m, row in models.items():
         series = []
@@ -198,13 +249,15 @@ def benchmark_section(bench: str, inputs: Inputs) -> Section:
             lo, hi = wilson(*counts) if counts else (None, None)
             series.append(Bar(s.accuracy, lo, hi, f"({counts[0]}/{counts[1]})" if counts else ""))
         bars.series[m] = series
-    n_note = ", ".join(f"{c} {s.n}" for c, s in next(iter(models.values())).items() if s.n)
+    sizes = {c: next((row[c].n for row in models.values() if c in row and row[c].n), None) for c in columns}
+    n_note = ", ".join(f"{c} {n}" for c, n in sizes.items() if n)
     title = "Zero-shot" if bench == "zeroshot" else f"Compositional: {bench}"
-    note = "accuracy (%) [95% Wilson interval over the items]" + (f"; n: {n_note}" if n_note else "")
+    note = "accuracy (%) [95% Wilson interval over the items, where the result has the counts]"
+    note += f"; n: {n_note}" if n_note else ""
     if refs:
         note += "; published rows as the papers report them (no intervals)"
     table_columns = ["", *models, *refs]
-    return Section(title, table_columns, rows, [(f"{bench.replace('/', '_')}", bar_chart(bars))], note)
+    return Section(title, table_columns, rows, [(bench, bar_chart(bars))], note)
 
 
 def training_section(inputs: Inputs) -> Section | None:
@@ -213,28 +266,29 @@ def training_section(inputs: Inputs) -> Section | None:
     loss = LineChart("training loss", y_label="loss")
     evals: dict[str, LineChart] = {}
     rows = []
-    for name, folder in inputs.runs.items():
-        metrics = _jsonl(folder / "metrics.jsonl")
-        loss.series[name] = [(r["step"], r["loss"]) for r in metrics if "loss" in r and "step" in r]
-        for record in _jsonl(folder / "eval.jsonl"):
+    for name, run in inputs.runs.items():
+        loss.series[name] = run.losses
+        for record in run.evals:
             for r in record["results"]:
-                key = "acc1" if r["task"] == "classification" else "image_retrieval_recall@1"
+                key = "acc1" if r.get("task") == "classification" else "image_retrieval_recall@1"
                 chart = evals.setdefault(
                     r["dataset"], LineChart(f"zero-shot {key} on {r['dataset']}", y_label=key, percent=True)
                 )
-                chart.series.setdefault(name, []).append((record["step"], r["metrics"].get(key, float("nan"))))
-        last = metrics[-1] if metrics else {}
+                point = (float(record["step"]), _number((r.get("metrics") or {}).get(key)))
+                chart.series.setdefault(name, []).append(point)
+        last = run.last
+        final_loss, speed = _number(last.get("loss")), _number(last.get("samples_per_s"))
         rows.append(
             {
                 "run": name,
-                "folder": str(folder),
+                "folder": str(run.folder),
                 "steps": last.get("step"),
-                "final loss": f"{last['loss']:.4f}" if "loss" in last else None,
-                "samples/s": f"{last['samples_per_s']:.0f}" if "samples_per_s" in last else None,
+                "final loss": None if math.isnan(final_loss) else f"{final_loss:.4f}",
+                "samples/s": None if math.isnan(speed) else f"{speed:.0f}",
             }
         )
     charts = [("training_loss", line_chart(loss))] if any(loss.series.values()) else []
-    charts += [(f"zeroshot_{name.replace('/', '_').replace(':', '_')}", line_chart(c)) for name, c in evals.items()]
+    charts += [(f"zeroshot_{name}", line_chart(c)) for name, c in evals.items()]
     return Section("Training runs", ["run", "folder", "steps", "final loss", "samples/s"], rows, charts)
 
 
@@ -242,7 +296,18 @@ def sections(inputs: Inputs) -> list[Section]:
     out = [benchmark_section(b, inputs) for b in (["zeroshot"] if "zeroshot" in inputs.tables else [])]
     out += [benchmark_section(b, inputs) for b in inputs.tables if b != "zeroshot"]
     training = training_section(inputs)
-    return out + ([training] if training else [])
+    out += [training] if training else []
+    # chart files: names safe on any file system, and distinct (x:test and x_test would both be x_test)
+    taken: set[str] = set()
+    for section in out:
+        for i, (name, svg) in enumerate(section.charts):
+            stem = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "chart"
+            unique, k = stem, 2
+            while unique in taken:
+                unique, k = f"{stem}_{k}", k + 1
+            taken.add(unique)
+            section.charts[i] = (unique, svg)
+    return out
 
 
 # ---------------------------------------------------------------- HTML and Markdown
@@ -293,14 +358,23 @@ def render_html(parts: list[Section], inputs: Inputs, generated: str) -> str:
     )
 
 
+def _md(value: object) -> object:
+    """A cell or header that cannot break a Markdown table (| splits cells) or open HTML (<)."""
+    return value.replace("|", "\\|").replace("<", "&lt;") if isinstance(value, str) else value
+
+
+def _markdown_safe(rows: list[dict], columns: list[str]) -> tuple[list[dict], list[str]]:
+    return [{_md(k): _md(v) for k, v in r.items()} for r in rows], [_md(c) for c in columns]
+
+
 def render_markdown(parts: list[Section], inputs: Inputs, generated: str, chart_dir: str) -> str:
     lines = ["# vlp evaluation report", "", f"generated {generated}", ""]
-    lines += [f"- **{n}**: {p}" for n, p in inputs.sources] + [""]
+    lines += [f"- **{_md(n)}**: {_md(p)}" for n, p in inputs.sources] + [""]
     for s in parts:
-        lines += [f"## {s.title}", ""]
+        lines += [f"## {_md(s.title)}", ""]
         if s.note:
-            lines += [s.note, ""]
-        lines += [markdown_table(s.table_rows, s.table_columns), ""]
+            lines += [str(_md(s.note)), ""]
+        lines += [markdown_table(*_markdown_safe(s.table_rows, s.table_columns)), ""]
         lines += [f"![{stem}]({chart_dir}/{stem}.svg)" for stem, _ in s.charts] + [""]
     return "\n".join(lines)
 

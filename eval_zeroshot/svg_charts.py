@@ -150,7 +150,7 @@ def bar_chart(chart: BarChart) -> str:
 
 def line_chart(chart: LineChart) -> str:
     """One polyline (with point marks) per series over a shared x axis."""
-    points = [p for pts in chart.series.values() for p in pts if math.isfinite(p[1])]
+    points = [p for pts in chart.series.values() for p in pts if math.isfinite(p[1])]  # NaN: a gap
     xs = [p[0] for p in points] or [0.0, 1.0]
     ys = [p[1] for p in points] or [0.0, 1.0]
     y_lo, y_hi = (0.0, 1.0) if chart.percent else (min(ys), max(ys))

@@ -123,8 +123,20 @@ def test_named_mistakes_are_one_message(tmp_path, synset_folder, capsys):
         read_dataset(f"imagenet-a:{tmp_path / 'a'}")
     with pytest.raises(DatasetError, match="does not exist"):
         read_dataset(f"imagenet:{tmp_path / 'nowhere'}")
+    with pytest.raises(DatasetError, match="'foo' is not a dataset name"):
+        read_dataset(f"foo:{tmp_path / 'nowhere'}")
+    wds = as_clip_benchmark_wds(synset_folder, tmp_path / "wds")
+    with pytest.raises(DatasetError, match=r"no split 'val' .* it has \['test'\]"):
+        read_dataset(f"imagenet:{wds}", split="val")
     assert vlp_eval(["zeroshot", "--model", "x", "--dataset", f"imagenet:{synset_folder}", "--templates", "fancy"]) == 2
     assert "templates file fancy does not exist" in capsys.readouterr().err
+
+
+def test_a_folder_named_like_a_dataset_keeps_both_meanings(synset_folder, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "imagenet").mkdir()  # ./imagenet:val is that folder's split; imagenet:/abs/path the named set
+    assert split_spec("imagenet:val") == ("imagenet", "val")
+    assert read_dataset(f"imagenet:{synset_folder}").name == "imagenet1k"
 
 
 def test_eval_zeroshot_in_training_takes_the_name(synset_folder):

@@ -51,7 +51,8 @@ def training_run(folder: Path, steps: int = 40) -> Path:
     with open(folder / "eval.jsonl", "w") as f:
         for step in (20, 40):
             result = {"dataset": "zeroshot:test", "split": "test", "task": "classification"}
-            result |= {"counts": {"images": 60, "classes": 6}, "metrics": {"acc1": step / 80}}
+            result |= {"counts": {"images": 60, "classes": 6}, "metrics": {"acc1": step * 60 // 80 / 60}}
+            result |= {"correct": {"acc1": step * 60 // 80}, "n": 60}  # as the trainer writes them
             f.write(json.dumps({"step": step, "results": [result]}) + "\n")
     return folder
 
@@ -103,6 +104,19 @@ def test_what_the_report_refuses(tmp_path, capsys):
     assert "not a training run" in capsys.readouterr().err
     assert vlp_eval(["report", str(bogus), "--out", str(tmp_path / "r.pdf")]) == 2
     assert "the report is an HTML page" in capsys.readouterr().err
+    malformed = tmp_path / "malformed.json"
+    for body in ('{"results": [{}]}', '{"results": [1]}', '{"benchmark": "x", "subsets": {"a": {"n": 3}}}'):
+        malformed.write_text(body)
+        assert vlp_eval(["report", str(malformed), "--out", str(tmp_path / "r.html")]) == 2
+        assert f"{malformed}: not a well-formed vlp-eval result" in capsys.readouterr().err
+    # two results that would land in one cell are refused, not silently overwritten
+    a = zeroshot_result(tmp_path / "a.json", "runs/a/export", 1, 2)
+    b = zeroshot_result(tmp_path / "b.json", "runs/a/export", 2, 2)
+    assert vlp_eval(["report", str(a), str(b), "--out", str(tmp_path / "r.html")]) == 2
+    assert "a second result for 'runs/a/export' on zeroshot imagenet1k" in capsys.readouterr().err
+    (tmp_path / "taken.html").mkdir()  # --out names a folder
+    assert vlp_eval(["report", str(a), f"other={b}", "--out", str(tmp_path / "taken.html")]) == 2
+    assert "cannot write the report there" in capsys.readouterr().err
     assert not (tmp_path / "r.html").exists()
 
 
