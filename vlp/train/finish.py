@@ -32,7 +32,8 @@ def finish(run: Run, losses: list[float]) -> None:
             "checkpoint": str(final),
             "export": str(export_dir),
             "metrics": str(out / "metrics.jsonl"),
-            "tensorboard": str(out / "tensorboard"),
+            "tensorboard": str(out / "tensorboard") if "tensorboard" in run.cfg.log.trackers else None,
+            "trackers": list(run.cfg.log.trackers),
             "eval": run.evaluator.last,
             "config": to_dict(run.cfg),
         }
@@ -42,7 +43,8 @@ def finish(run: Run, losses: list[float]) -> None:
                 f"\n# done: {counters.step} steps ({counters.skipped_steps} skipped); mean loss of the first {n} "
                 f"steps {summary['first_loss_mean']:.4f} -> last {n} steps {summary['last_loss_mean']:.4f}\n"
                 f"#   checkpoint {final}\n#   export     {export_dir} (open_clip local-dir)\n"
-                f"#   metrics    {out / 'metrics.jsonl'}, TensorBoard in {out / 'tensorboard'}",
+                f"#   metrics    {out / 'metrics.jsonl'}"
+                + (f", TensorBoard in {out / 'tensorboard'}" if "tensorboard" in run.cfg.log.trackers else ""),
                 flush=True,
             )
         if run.evaluator.last:
