@@ -37,12 +37,16 @@ def class_embeddings(
     encoded in batches across classes (ImageNet's 1,000 × 80 are 80,000 prompts: one forward per class
     would take minutes on a CPU); each prompt's embedding does not depend on its batch-mates."""
     prompts = [t.format(c=name) for name in classnames for t in templates]
-    rows = []
+    owner = torch.arange(len(classnames), device=device).repeat_interleave(len(templates))
+    total = None  # per-class sums, C×D: memory does not grow with the number of templates
     for start in range(0, len(prompts), batch_size):
         tokens = tokenizer(prompts[start : start + batch_size]).to(device)
         with _autocast(device, amp):
-            rows.append(F.normalize(model.encode_text(tokens), dim=-1))
-    emb = torch.cat(rows).reshape(len(classnames), len(templates), -1).mean(dim=1)
+            rows = F.normalize(model.encode_text(tokens), dim=-1)
+        if total is None:
+            total = torch.zeros(len(classnames), rows.shape[1], dtype=rows.dtype, device=rows.device)
+        total.index_add_(0, owner[start : start + len(rows)], rows)
+    emb = total / len(templates)
     return (emb / emb.norm(dim=-1, keepdim=True)).T
 
 
