@@ -126,14 +126,18 @@ def chromium() -> str:
     return found
 
 
+def loaded_body(page: Path, flags: list[str]) -> str:
+    """The <body> tag of ``page`` after Chromium loaded it and the page's own check ran."""
+    dom = subprocess.run([chromium(), *flags, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120)
+    start = dom.stdout.index("<body")
+    return dom.stdout[start : dom.stdout.index(">", start) + 1]
+
+
 def test_the_page_loads_in_a_headless_browser_with_every_chart_drawn(inputs, tmp_path):
     out = tmp_path / "report.html"
     assert vlp_eval(["report", *inputs, "--out", str(out)]) == 0
     flags = ["--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={tmp_path / 'profile'}"]
-    dom = subprocess.run(
-        [chromium(), *flags, "--dump-dom", out.as_uri()], capture_output=True, text=True, timeout=120
-    ).stdout
-    body = dom[dom.index("<body") : dom.index(">", dom.index("<body")) + 1]
+    body = loaded_body(out, flags)
     # the page's own check ran after load: 4 charts laid out with marks, no script error
     assert 'data-charts="4"' in body and 'data-drawn="4"' in body and 'data-errors="0"' in body, body
     # the check can fail: a page with a script error and a chart whose marks are gone is told apart
@@ -142,10 +146,7 @@ def test_the_page_loads_in_a_headless_browser_with_every_chart_drawn(inputs, tmp
     first = page.index('<svg class="chart"')
     end = page.index("</svg>", first)
     broken.write_text(page[:first] + page[first:end].replace('class="mark"', "") + page[end:])
-    dom = subprocess.run(
-        [chromium(), *flags, "--dump-dom", broken.as_uri()], capture_output=True, text=True, timeout=120
-    ).stdout
-    body = dom[dom.index("<body") : dom.index(">", dom.index("<body")) + 1]
+    body = loaded_body(broken, flags)
     assert 'data-charts="4"' in body and 'data-drawn="3"' in body and 'data-errors="1"' in body, body
     shot = tmp_path / "shot.png"
     subprocess.run(
