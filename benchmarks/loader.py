@@ -5,13 +5,17 @@ Two corpora (``--corpus``):
 * ``photos`` (default): real-photograph JPEGs from ``vlp-data photos`` (scikit-image's and
   scikit-learn's photographs; ``pip install 'vlp[bench]'``) at COCO-like 640x480 and at img2dataset's
   256 px, decoded to 224 px for training. Contenders: ``vlp_fast`` (data.decoder=fast, the trainer's
-  default: DCT-scaled libjpeg-turbo decode, one bilinear crop-resize, uint8 batches normalised on the
-  training device), ``vlp_fast_norm`` (the same, paying the normalisation on the loader's CPU, as a
-  CPU-only run does), ``vlp_pil`` (data.decoder=pil: open_clip's transform exactly) and ``open_clip``:
-  open_clip's own training pipeline as its trainer builds it (``open_clip_train.data.get_wds_dataset``:
-  webdataset, ``decode("pilrgb")``, rename, ``image_transform(224, is_train=True)``, tokenizer,
-  batched). Reported: images/s, and images/s per
-  core (the process itself with 0 workers; the workers with 1 or 2, which do all the work).
+  default: DCT-scaled libjpeg-turbo decode, the crop on the decoded grid, torch's uint8 bilinear
+  resize, uint8 batches normalised on the training device), ``vlp_fast_norm`` (the same, paying the
+  normalisation on the loader's CPU, as a CPU-only run does), ``vlp_pil`` (data.decoder=pil:
+  open_clip's transform exactly) and ``open_clip``: open_clip's own training pipeline as its trainer
+  builds it (``open_clip_train.data.get_wds_dataset``: webdataset, ``decode("pilrgb")``, rename,
+  ``image_transform(224, is_train=True)``, tokenizer, batched). Reported: images/s (wall clock), and
+  images per CPU-second of the whole process tree (``_per_core``: the process and its workers; what
+  one fully used core delivers). The ratios are taken per CPU-second: on a shared machine other
+  programs slow the wall clock of whichever contender they overlap, not its CPU time
+  (``wall_ratio_fast`` is the wall-clock one). The first batch (workers starting, the shuffle buffer
+  filling) is not timed.
 * ``shapes``: the shapes world's small PNGs at 64 and 224 px, vlp against a plain webdataset pipeline.
 
 Every contender decodes, crops, resizes and tokenizes; all but ``vlp_fast`` also normalise on the
@@ -34,6 +38,7 @@ import time
 from pathlib import Path
 
 import open_clip
+import psutil
 import torch
 import webdataset as wds
 from _machine import report
@@ -127,19 +132,43 @@ def _count(batch) -> int:
     return len(batch[1])  # open_clip's (images, texts)
 
 
-def _timed(batches, limit: int) -> float:
-    seen, start = 0, time.perf_counter()
+def _cpu_seconds() -> float:
+    """CPU time (user + system) of this process and every process under it (the loader's workers),
+    those that have ended included (a loader replaces its workers at each epoch)."""
+    me = psutil.Process()
+    own = me.cpu_times()
+    total = own.user + own.system + own.children_user + own.children_system
+    for proc in me.children(recursive=True):
+        try:
+            times = proc.cpu_times()
+        except psutil.NoSuchProcess:  # ended between the listing and the reading: counted once reaped
+            continue
+        total += times.user + times.system
+    return total
+
+
+def _timed(batches, limit: int) -> tuple[float, float]:
+    """(images/s, images per CPU-second) over ``limit`` samples after the first batch: the start (workers
+    forking, imports, the shuffle buffer's first fill) is not timed. The CPU time is that of the whole
+    process tree, so it counts every core the pipeline used, its workers included, and not the time
+    other programs took on this machine (they slow the wall clock, not this)."""
+    batches = iter(batches)
+    next(batches)
+    seen, start, cpu = 0, time.perf_counter(), _cpu_seconds()
     for batch in batches:
         seen += _count(batch)
         if seen >= limit:
             break
-    return seen / (time.perf_counter() - start)
+    return seen / (time.perf_counter() - start), seen / (_cpu_seconds() - cpu)
 
 
-def _median_rates(contenders: dict, samples: int, repeats: int) -> dict[str, float]:
-    """Alternate the contenders, keep each one's median (this machine is noisy)."""
+def _median_rates(contenders: dict, samples: int, repeats: int) -> tuple[dict[str, float], dict[str, float]]:
+    """Alternate the contenders, keep each one's median images/s and images per CPU-second (this
+    machine is noisy)."""
     runs = [{name: _timed(make(), samples) for name, make in contenders.items()} for _ in range(repeats)]
-    return {name: statistics.median(r[name] for r in runs) for name in contenders}
+    wall = {name: statistics.median(r[name][0] for r in runs) for name in contenders}
+    cpu = {name: statistics.median(r[name][1] for r in runs) for name in contenders}
+    return wall, cpu
 
 
 def photos_suite(args, tmp: Path) -> tuple[list[dict], dict]:
@@ -183,16 +212,16 @@ def photos_suite(args, tmp: Path) -> tuple[list[dict], dict]:
                     _open_clip_pipeline(urls, preprocess, tokenizer, args.batch_size), workers
                 ),
             }
-            rates = _median_rates(contenders, args.samples, args.repeats)
-            cores = max(1, workers)
+            rates, per_core = _median_rates(contenders, args.samples, args.repeats)
             row = {"corpus": label, "workers": workers, **{k: round(v, 1) for k, v in rates.items()}}
-            row.update({f"{k}_per_core": round(v / cores, 1) for k, v in rates.items()})
-            row["ratio_fast"] = round(rates["vlp_fast"] / rates["open_clip"], 2)
-            row["ratio_fast_norm"] = round(rates["vlp_fast_norm"] / rates["open_clip"], 2)
-            row["ratio_pil"] = round(rates["vlp_pil"] / rates["open_clip"], 2)
+            row.update({f"{k}_per_core": round(v, 1) for k, v in per_core.items()})
+            for name in ("fast", "fast_norm", "pil"):
+                row[f"ratio_{name}"] = round(per_core[f"vlp_{name}"] / per_core["open_clip"], 2)
+                row[f"wall_ratio_{name}"] = round(rates[f"vlp_{name}"] / rates["open_clip"], 2)
             rows.append(row)
             print(
-                f"  {label}, {workers} workers: " + ", ".join(f"{k} {v:.0f}/s" for k, v in rates.items()),
+                f"  {label}, {workers} workers: "
+                + ", ".join(f"{k} {v:.0f}/s ({per_core[k]:.0f} per CPU-s)" for k, v in rates.items()),
                 file=sys.stderr,
             )
     gflops = vitb32_train_gflops()
@@ -230,8 +259,8 @@ def shapes_suite(args, tmp: Path) -> list[dict]:
                 shuffle_buffer=1000,
             )
             peer = functools.partial(_peer, urls, preprocess, tokenizer, args.batch_size, workers)
-            rates = _median_rates({"vlp": ours, "wds": functools.partial(peer, True)}, args.samples, args.repeats)
-            r_read = _timed(peer(False), args.samples * 5)
+            rates, _ = _median_rates({"vlp": ours, "wds": functools.partial(peer, True)}, args.samples, args.repeats)
+            r_read, _ = _timed(peer(False), args.samples * 5)
             rows.append(
                 {
                     "image_size": size,
@@ -267,9 +296,10 @@ def main(argv: list[str] | None = None) -> int:
         args.json = args.json or "benchmarks/results/loader_jpeg.json"
         rows, extra = photos_suite(args, Path(tmp))
     columns = ["corpus", "workers", "vlp_fast", "vlp_fast_norm", "vlp_pil", "open_clip", "vlp_fast_per_core"]
-    columns += ["open_clip_per_core", "ratio_fast", "ratio_fast_norm", "ratio_pil"]
+    columns += ["vlp_fast_norm_per_core", "open_clip_per_core", "ratio_fast", "ratio_fast_norm", "wall_ratio_fast"]
     report(
-        "JPEG loader images/s at 224 px (decode + crop + resize + normalise + tokenize; ratio = vlp / open_clip):",
+        "JPEG loader at 224 px (decode + crop + resize + normalise + tokenize): images/s, images per CPU-second "
+        "(_per_core: the process and its workers), ratio = vlp / open_clip per CPU-second:",
         rows,
         columns,
         args,

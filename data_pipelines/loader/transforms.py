@@ -32,11 +32,19 @@ class SplitTransform:
         return normalize_uint8(stack_uint8(items), self.normalize.mean, self.normalize.std)
 
 
-def stack_uint8(items: Sequence[np.ndarray]) -> torch.Tensor:
-    """H×W×C uint8 arrays → one B×C×H×W uint8 tensor (a quarter of the float batch's bytes), in
-    channels-last memory: one copy, no transposition here; :func:`normalize_uint8` makes the float
-    batch contiguous where it runs (on a GPU, for free)."""
-    return torch.from_numpy(np.stack(items)).permute(0, 3, 1, 2)
+def stack_uint8(items: Sequence[np.ndarray | torch.Tensor]) -> torch.Tensor:
+    """H×W×C uint8 arrays (PIL's pixels) → one B×C×H×W uint8 tensor (a quarter of the float batch's
+    bytes), in channels-last memory: one copy, no transposition here; :func:`normalize_uint8` makes
+    the float batch contiguous where it runs (on a GPU, for free). C×H×W uint8 tensors (the ``fast``
+    JPEG path's) may stand among them; the batch is then contiguous."""
+    if all(isinstance(item, np.ndarray) for item in items):
+        return torch.from_numpy(np.stack(items)).permute(0, 3, 1, 2)
+    # PIL's arrays are read-only; the transposing copy is a writable C×H×W array torch can wrap
+    chw = [
+        i if isinstance(i, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(i.transpose(2, 0, 1)))
+        for i in items
+    ]
+    return torch.stack(chw)
 
 
 def normalize_uint8(
