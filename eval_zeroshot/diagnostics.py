@@ -37,7 +37,6 @@ reference that needs no relation.
 from __future__ import annotations
 
 import contextlib
-import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
@@ -48,6 +47,7 @@ import torch
 import torch.nn.functional as F
 
 from .compositional import Scorer
+from .intervals import wilson
 
 TEXT_BLIND_COSINE = 0.99
 IMAGE_MARGIN = 0.05
@@ -57,7 +57,6 @@ LBFGS_MAX_ITER = 200
 # The world's generators are default_rng([seed, split code (1..9), index, (stream)]): with 99 in the
 # split code's place, no probe scene is one of the world's samples or probes.
 PROBE_STREAM = 99
-Z95 = 1.959963984540054
 RELATION_SUBSET = "replace_rel"
 
 # target -> (number of classes, best possible accuracy from the image alone)
@@ -223,17 +222,6 @@ def encode_probe_images(
 # ---------------------------------------------------------------- the linear probe
 
 
-def wilson_interval(correct: int, n: int, z: float = Z95) -> tuple[float, float]:
-    """The Wilson score interval of a binomial proportion (95% for the default z)."""
-    if n == 0:
-        return (0.0, 1.0)
-    p = correct / n
-    denom = 1.0 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z / denom * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    return (max(0.0, centre - half), min(1.0, centre + half))
-
-
 def _standardiser(x: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
     mean = x.mean(0)
     std = x.std(0, unbiased=False)
@@ -346,7 +334,7 @@ def _fit_and_score_here(
     best = max(weight_decays, key=lambda wd: (val_accuracy[wd], wd))
     predict = _fit_present(z_train, y_train, best)
     correct = int((predict(z_test) == y_test).sum())
-    lo, hi = wilson_interval(correct, len(y_test))
+    lo, hi = wilson(correct, len(y_test))
     return {
         "accuracy": correct / len(y_test),
         "correct": correct,

@@ -22,9 +22,9 @@ from pathlib import Path
 
 from data_pipelines.shards.atomic import write_text_atomic
 from data_pipelines.tables import markdown_table
-from vlp.study.stats import wilson
 
 from .compositional import REFERENCES
+from .intervals import wilson
 from .svg_charts import Bar, BarChart, LineChart, bar_chart, line_chart
 
 

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from data_pipelines.sources.shapes.scene import COLOURS, INVERSE_RELATION
 from eval_zeroshot import diagnostics as D
 from eval_zeroshot.cli import main as vlp_eval
+from eval_zeroshot.intervals import wilson
 from eval_zeroshot.models import load_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -145,9 +146,9 @@ def test_drawing_is_passed_only_when_given(monkeypatch):
 
 
 def test_wilson_interval():
-    lo, hi = D.wilson_interval(8, 10)
+    lo, hi = wilson(8, 10)
     assert lo == pytest.approx(0.4902, abs=1e-4) and hi == pytest.approx(0.9433, abs=1e-4)
-    assert D.wilson_interval(0, 20)[0] == 0.0 and D.wilson_interval(20, 20)[1] == 1.0
+    assert wilson(0, 20)[0] == 0.0 and wilson(20, 20)[1] == 1.0
 
 
 def test_probe_finds_the_relation_where_it_is_and_not_where_it_is_not():
@@ -183,7 +184,7 @@ def _probe(spatial: float | None, pooled: float, chance: float = 0.25, n: int = 
     def rec(acc):
         if acc is None:
             return {"unavailable": "no known pooling"}
-        return {"accuracy": acc, "ci95": list(D.wilson_interval(round(acc * n), n))}
+        return {"accuracy": acc, "ci95": list(wilson(round(acc * n), n))}
 
     relation = {"chance": chance, "spatial": rec(spatial), "pooled": rec(pooled)}
     return {"targets": {"relation": relation, "colour": {"chance": 0.33, "spatial": rec(0.99), "pooled": rec(0.99)}}}

@@ -125,9 +125,7 @@ def _keeps_pixels(step) -> bool:
     )
 
 
-def grid_box(
-    top: int, left: int, crop_h: int, crop_w: int, sy: float, sx: float
-) -> tuple[int, int, int, int]:
+def grid_box(top: int, left: int, crop_h: int, crop_w: int, sy: float, sx: float) -> tuple[int, int, int, int]:
     """The crop (top, left, height, width of the full image) on the grid of an image decoded at
     scales ``sy``, ``sx``: (y0, x0, y1, x1) in decoded pixels, each corner rounded to the nearest one
     (at most half a decoded pixel away), never empty."""

@@ -91,13 +91,3 @@ def binomial_two_sided(k: int, n: int) -> float:
         return 1.0
     # Exact in integers: 2.0**n overflows a float beyond n = 1023 discordant items.
     return min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2**n)
-
-
-def wilson(correct: int, n: int, z: float = 1.959964) -> tuple[float, float]:
-    """Wilson score interval of a binomial proportion (one run's accuracy over n items)."""
-    if n == 0:
-        return (0.0, 1.0)
-    p = correct / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return (centre - half, centre + half)
