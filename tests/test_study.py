@@ -253,17 +253,64 @@ def test_a_cell_that_cannot_be_evaluated_fails_with_one_message(tmp_path, export
 
 
 def test_two_processes_share_a_study_through_claims(tmp_path, monkeypatch):
-    """A cell taken by a live process is skipped by another; a claim whose process is gone is taken over."""
+    """A cell held by a live process is skipped by another; the kernel frees the claim of a process
+    that ends however it ends (kill -9), and a pid left in a free claim file holds nothing (the pid
+    check this replaced skipped such a cell forever once the pid was reused)."""
+    from vlp.study.cells import Cell, claim, held_by
+
+    monkeypatch.chdir(REPO)
+    study_file = _study_file(tmp_path, {**BASE, "results": str(tmp_path / "results")})
+    study = load_study(study_file)
+    cell = Cell("clip", 0)
+    mine = claim(study, cell)
+    assert mine is not None and mine.path.read_text() == str(os.getpid())
+    assert claim(study, cell) is None  # held, even by this same process through another open file
+    mine.release()
+    assert not mine.path.exists()
+
+    take_and_wait = (
+        "import time\nfrom vlp.study.cells import Cell, claim\nfrom vlp.study.spec import load_study\n"
+        f"held = claim(load_study({str(study_file)!r}), Cell('clip', 0))\n"
+        "print(held is not None, flush=True)\ntime.sleep(120)\n"
+    )
+    holder = subprocess.Popen(
+        [sys.executable, "-c", take_and_wait], stdout=subprocess.PIPE, text=True, env=environment()
+    )
+    try:
+        assert holder.stdout.readline().strip() == "True"
+        assert claim(study, cell) is None  # a live process holds it
+        assert held_by(study, cell) == holder.pid  # what --list shows
+    finally:
+        holder.kill()  # SIGKILL: no chance to release anything
+        holder.wait()
+    assert held_by(study, cell) is None  # its lock went with it ...
+    again = claim(study, cell)  # ... and the file it left is taken over
+    assert again is not None and again.path.read_text() == str(os.getpid())
+    again.release()
+
+    mine.path.write_text("1")  # a live pid (init), in a file nobody holds
+    taken = claim(study, cell)
+    assert taken is not None
+    taken.release()
+
+
+def test_a_claim_file_removed_while_another_process_opened_it_is_not_shared(tmp_path, monkeypatch):
+    """The race a lock on a removed file would lose: B opens the claim file, A releases it (removing
+    it), C claims the path's new file, B locks the removed one. B must see that it is not the path's."""
+    import fcntl
+
     from vlp.study.cells import Cell, claim
 
     monkeypatch.chdir(REPO)
     study = load_study(_study_file(tmp_path, {**BASE, "results": str(tmp_path / "results")}))
     cell = Cell("clip", 0)
-    mine = claim(study, cell)
-    assert mine is not None and mine.read_text() == str(os.getpid())
-    assert claim(study, cell) is None  # held by a live process (this one)
-    gone = subprocess.Popen([sys.executable, "-c", "pass"])
-    gone.wait()
-    mine.write_text(str(gone.pid))  # as if a process that has exited held it
-    again = claim(study, cell)
-    assert again == mine and again.read_text() == str(os.getpid())
+    a = claim(study, cell)
+    stale = open(a.path, "a+")  # B's open, before A lets go
+    a.release()
+    c = claim(study, cell)
+    assert c is not None
+    fcntl.flock(stale, fcntl.LOCK_EX | fcntl.LOCK_NB)  # B can lock the removed file ...
+    assert os.fstat(stale.fileno()).st_ino != os.stat(c.path).st_ino
+    stale.close()
+    assert claim(study, cell) is None  # ... which is why claim() compares inodes: C holds the path
+    c.release()

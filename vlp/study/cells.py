@@ -4,6 +4,7 @@ exactly when its JSON exists. An interrupted cell resumes from its newest checkp
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -14,6 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from data_pipelines.shards.atomic import write_json_atomic
 
@@ -58,29 +60,63 @@ def result_path(study: Study, cell: Cell) -> Path:
     return Path(study.results) / "cells" / f"{cell.name}.json"
 
 
-def claim(study: Study, cell: Cell) -> Path | None:
-    """Mark the cell as taken by this process (``cells/NAME.running`` holding its pid), so that two
-    ``vlp-study`` processes can share a study, each on its own cells. None when a live process holds it;
-    a claim left by a process that is gone is taken over."""
+@dataclass
+class Claim:
+    """A cell taken by this process: ``cells/NAME.running`` (holding the pid, for people reading the
+    folder), open and under an exclusive ``flock`` for as long as the cell runs."""
+
+    path: Path
+    file: IO[str]
+
+    def release(self) -> None:
+        """Remove the file while still holding it (a process that opened it meanwhile sees that its
+        inode is gone and tries again), then let go of it."""
+        self.path.unlink(missing_ok=True)
+        self.file.close()
+
+
+def claim(study: Study, cell: Cell) -> Claim | None:
+    """Take the cell for this process, so that several ``vlp-study`` processes share a study, each on
+    its own cells; None when another process holds it. The kernel drops the lock when its process ends,
+    however it ends (kill -9 included), so no claim goes stale and no reused pid can hold a cell. On a
+    network file system this relies on its locks (NFSv4 has them)."""
     path = result_path(study, cell).with_suffix(".running")
     path.parent.mkdir(parents=True, exist_ok=True)
-    for _ in range(2):
+    for _ in range(3):
+        f = open(path, "a+")  # held open for as long as the cell runs
         try:
-            with open(path, "x") as f:
-                f.write(str(os.getpid()))
-            return path
-        except FileExistsError:
-            try:
-                pid = int(path.read_text().strip() or "0")
-                if pid <= 0:
-                    raise ValueError(pid)  # empty or garbled (kill(0, 0) would test our own group)
-                os.kill(pid, 0)
-                return None  # alive
-            except (ProcessLookupError, ValueError):
-                path.unlink(missing_ok=True)  # stale: its process is gone
-            except PermissionError:
-                return None  # alive, another user's
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.close()
+            return None  # another process runs it
+        try:  # the holder before us may have released (and removed) the file after we opened it
+            ours = os.stat(path).st_ino == os.fstat(f.fileno()).st_ino
+        except FileNotFoundError:
+            ours = False
+        if ours:
+            f.seek(0)
+            f.truncate()
+            f.write(str(os.getpid()))
+            f.flush()
+            return Claim(path, f)
+        f.close()
     return None
+
+
+def held_by(study: Study, cell: Cell) -> int | None:
+    """The pid of the process running the cell now (its claim is held), else None."""
+    path = result_path(study, cell).with_suffix(".running")
+    try:
+        f = open(path)
+    except FileNotFoundError:
+        return None
+    with f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)  # granted only when nobody holds the claim
+            return None
+        except BlockingIOError:
+            text = f.read().strip()
+            return int(text) if text.isdigit() else -1
 
 
 def train_command(study: Study, cell: Cell, run_dir: Path) -> list[str]:

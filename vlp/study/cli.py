@@ -20,7 +20,18 @@ import sys
 import time
 from pathlib import Path
 
-from .cells import START, Cell, CellFailed, Interrupted, cells_of, claim, finish_cell, result_path, train_cell
+from .cells import (
+    START,
+    Cell,
+    CellFailed,
+    Interrupted,
+    cells_of,
+    claim,
+    finish_cell,
+    held_by,
+    result_path,
+    train_cell,
+)
 from .report import write_report
 from .spec import Study, StudyError, load_study
 
@@ -139,7 +150,9 @@ def main(argv: list[str] | None = None) -> int:
     cells = [c for c in cells_of(study) if not args.only or any(fnmatch.fnmatch(c.name, p) for p in args.only)]
     if args.list:
         for c in cells:
-            print(f"{'done' if result_path(study, c).is_file() else 'todo'}  {c.name}")
+            pid = None if result_path(study, c).is_file() else held_by(study, c)
+            state = "done" if result_path(study, c).is_file() else "todo" if pid is None else "running"
+            print(f"{state:7s}  {c.name}" + (f"  (pid {pid})" if pid and pid > 0 else ""))
         return 0
     if not args.report_only:
         start = study.evaluate.start.removeprefix("local-dir:")
@@ -179,6 +192,9 @@ def main(argv: list[str] | None = None) -> int:
             if claimed is None:
                 print(f"[{i}/{len(todo)}] {cell.name}: being run by another vlp-study process; skipped", flush=True)
                 continue
+            if result_path(study, cell).is_file():  # finished by the process that held it until just now
+                claimed.release()
+                continue
             print(f"[{i}/{len(todo)}] {cell.name}", flush=True)
             start = time.perf_counter()
             try:
@@ -194,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
                 write_report(study)
                 return 1
             finally:
-                claimed.unlink(missing_ok=True)
+                claimed.release()
             ran += 1
             shown = {
                 k: f"{v['accuracy']:.3f}"
