@@ -193,6 +193,8 @@ def test_tiny_study_interrupted_resumed_and_aggregated(tmp_path, world, exported
     assert (results / "cells" / "start.json").is_file()  # the starting model was scored before
     assert not (results / "cells" / "clip__seed0.json").exists()
     assert list((runs / "clip__seed0" / "checkpoints").glob("step_*"))  # the trainer saved where it stopped
+    first_attempt = float((runs / "clip__seed0" / "attempt_seconds").read_text())
+    assert first_attempt > 0.5  # at least one step of 0.5 s
 
     # 2. The same command resumes that cell from its checkpoint and runs the rest.
     proc = _study(["--config", str(path)])
@@ -203,6 +205,7 @@ def test_tiny_study_interrupted_resumed_and_aggregated(tmp_path, world, exported
     assert "resum" in log.lower()
     cells = {p.stem: json.loads(p.read_text()) for p in (results / "cells").glob("*.json")}
     assert set(cells) == {"start", "clip__seed0", "dcl__seed0"}
+    assert cells["clip__seed0"]["train_seconds"] > first_attempt  # both attempts
     cell = cells["dcl__seed0"]
     assert cell["seed"] == 0 and cell["train"]["steps"] == 4 and cell["resolved_config"]["train"]["seed"] == 0
     assert cell["resolved_config"]["data"]["shapes_world"] == ""

@@ -139,8 +139,16 @@ def _has_checkpoint(run_dir: Path) -> bool:
     return any((run_dir / "checkpoints").glob("step_*"))
 
 
+def _add_seconds(path: Path, seconds: float) -> None:
+    if path.parent.is_dir():  # a run stopped before it wrote anything restarts from scratch anyway
+        before = float(path.read_text()) if path.is_file() else 0.0
+        path.write_text(f"{before + seconds:.3f}")
+
+
 def train_cell(study: Study, cell: Cell, run_dir: Path, log: Callable[[str], None]) -> float | None:
-    """Run the cell's training (resuming when a checkpoint is there); returns its wall seconds."""
+    """Run the cell's training (resuming when a checkpoint is there); returns its wall seconds over every
+    attempt (an interrupted one adds its time to ``run_dir/attempt_seconds``), or what the summary of a
+    finished run found there records (None when it records nothing)."""
     if run_dir.exists() and not _has_checkpoint(run_dir) and not (run_dir / "export").is_dir():
         shutil.rmtree(run_dir)  # stopped before its first checkpoint: nothing to resume, start clean
     if (run_dir / "export").is_dir() and (run_dir / "summary.json").is_file():
@@ -151,6 +159,7 @@ def train_cell(study: Study, cell: Cell, run_dir: Path, log: Callable[[str], Non
     cmd = train_command(study, cell, run_dir)
     log_path = run_dir.parent / f"{cell.name}.log"
     log(f"  train: {' '.join(cmd[1:])}")
+    earlier = run_dir / "attempt_seconds"  # the attempts before this one, which left checkpoints
     start = time.perf_counter()
     with open(log_path, "a") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
@@ -163,10 +172,13 @@ def train_cell(study: Study, cell: Cell, run_dir: Path, log: Callable[[str], Non
                 proc.wait(timeout=300)
             except subprocess.TimeoutExpired:
                 proc.kill()
+            _add_seconds(earlier, time.perf_counter() - start)
             raise Interrupted(cell.name) from None
     seconds = time.perf_counter() - start
     if code == 0 and not (run_dir / "export").is_dir() and _has_checkpoint(run_dir):
+        _add_seconds(earlier, seconds)
         raise Interrupted(cell.name)  # the trainer stopped on a signal sent to it alone: checkpoint, exit 0
+    seconds += float(earlier.read_text()) if earlier.is_file() else 0.0
     if code != 0 or not (run_dir / "export").is_dir():
         raise CellFailed(f"cell {cell.name}: training exited with {code}; see {log_path}")
     summary = json.loads((run_dir / "summary.json").read_text())
