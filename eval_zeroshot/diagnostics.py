@@ -304,19 +304,8 @@ def _one_thread() -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
+@_one_thread()  # a fresh context per call: the fits run on one thread whoever calls
 def _fit_and_score(
-    z_train: torch.Tensor,
-    y_train: torch.Tensor,
-    z_test: torch.Tensor,
-    y_test: torch.Tensor,
-    seed: int,
-    weight_decays: Sequence[float],
-) -> dict:
-    with _one_thread():
-        return _fit_and_score_here(z_train, y_train, z_test, y_test, seed, weight_decays)
-
-
-def _fit_and_score_here(
     z_train: torch.Tensor,
     y_train: torch.Tensor,
     z_test: torch.Tensor,
