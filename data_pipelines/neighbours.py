@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import tempfile
 import time
 from collections.abc import Callable
@@ -29,7 +28,7 @@ import torch
 
 from .loader.decode import NEIGHBOUR_PREFIX
 from .models import image_encoder
-from .shards.atomic import publish_dir, staging_dir, write_json_atomic
+from .shards.atomic import staged, write_json_atomic
 from .shards.reader import BAD_JSON, SkipCounter, SkipSample, caption, decode_image, image_member, iter_shard
 from .shards.specs import rewrite_plan
 from .shards.writer import ShardSink
@@ -199,17 +198,12 @@ def add_neighbours(
             blobs.seek(nb.offset)
             return nb.ext, blobs.read(nb.length), {"key": nb.key, "caption": nb.caption, "negatives": nb.negatives}
 
-        tmp = staging_dir(out)
-        try:
+        with staged(out) as tmp:
             for url, name, shard in zip(urls, names, entries, strict=True):
                 _rewrite_shard(url, name, shard, tmp, pick, summary)
                 summary.samples += len(shard)
             sizes = {name: len(shard) for name, shard in zip(names, entries, strict=True) if shard}
             write_json_atomic(tmp / "sizes.json", sizes, sort_keys=True)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)  # nothing half-built is left beside out
-            raise
-    publish_dir(tmp, out)
     found = sims[index >= 0]
     if len(found):
         summary.mean_similarity = round(float(found.mean()), 4)

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from data_pipelines.shards.atomic import publish_dir, staging_dir, write_json_atomic
+from data_pipelines.shards.atomic import staged, write_json_atomic
 
 from .checkpoint import DamagedCheckpoint, verify_checkpoint
 from .torchscript import convert, is_torchscript_archive
@@ -139,10 +139,9 @@ def export_state(state: dict[str, torch.Tensor], open_clip_config: dict, out: st
     for key in ("logit_scale", "logit_bias"):  # open_clip's default is a 0-dim parameter
         if key in state and state[key].numel() == 1:
             state[key] = state[key].reshape(())
-    tmp = staging_dir(out)
-    save_file(state, tmp / WEIGHTS_NAME)
-    write_json_atomic(tmp / CONFIG_NAME, open_clip_config)
-    publish_dir(tmp, out)
+    with staged(out) as tmp:
+        save_file(state, tmp / WEIGHTS_NAME)
+        write_json_atomic(tmp / CONFIG_NAME, open_clip_config)
     return out
 
 

@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..shards.atomic import publish_dir, staging_dir, write_json_atomic
+from ..shards.atomic import staged, write_json_atomic
 from ..shards.reader import BAD_JSON, MISSING_CAPTION, SkipCounter, SkipSample, caption, iter_shard
 from ..shards.specs import rewrite_plan
 from ..shards.writer import ShardSink
@@ -138,51 +138,50 @@ def add_negatives(
     summary = RewriteSummary()
     type_counts: Counter[str] = Counter()
     counter = SkipCounter()
-    tmp = staging_dir(out)
-    sizes: dict[str, int] = {}
-    for i, (url, name) in enumerate(zip(urls, names, strict=True)):
-        # One sink per input shard keeps the shard's name and its samples together.
-        sink = ShardSink(tmp, pattern=name, shard_size=10**12)
-        n = 0
-        for sample in iter_shard(url, counter):
-            members = {k_: v for k_, v in sample.items() if not k_.startswith("__")}
-            meta: dict | None = {}
-            if "json" in members:
-                try:
-                    meta = json.loads(members["json"])
-                except ValueError:
-                    meta = None
-                if not isinstance(meta, dict):  # kept byte for byte, without negatives
-                    counter.add(BAD_JSON, f"{sample['__key__']} in {url}")
-            if isinstance(meta, dict):
-                caption = _caption_of(sample, meta)
-                if imports is not None:
-                    negs = imports.lookup(sample["__key__"], caption)
-                    if negs is None:
-                        summary.unmatched_samples += 1
+    with staged(out) as tmp:
+        sizes: dict[str, int] = {}
+        for i, (url, name) in enumerate(zip(urls, names, strict=True)):
+            # One sink per input shard keeps the shard's name and its samples together.
+            sink = ShardSink(tmp, pattern=name, shard_size=10**12)
+            n = 0
+            for sample in iter_shard(url, counter):
+                members = {k_: v for k_, v in sample.items() if not k_.startswith("__")}
+                meta: dict | None = {}
+                if "json" in members:
+                    try:
+                        meta = json.loads(members["json"])
+                    except ValueError:
+                        meta = None
+                    if not isinstance(meta, dict):  # kept byte for byte, without negatives
+                        counter.add(BAD_JSON, f"{sample['__key__']} in {url}")
+                if isinstance(meta, dict):
+                    caption = _caption_of(sample, meta)
+                    if imports is not None:
+                        negs = imports.lookup(sample["__key__"], caption)
+                        if negs is None:
+                            summary.unmatched_samples += 1
+                        else:
+                            summary.matched += 1
+                    elif caption is not None:
+                        negs = generate(caption, k=k, seed=seed, types=types)
                     else:
-                        summary.matched += 1
-                elif caption is not None:
-                    negs = generate(caption, k=k, seed=seed, types=types)
-                else:
-                    negs = None
-                    counter.add(MISSING_CAPTION, f"{sample['__key__']} in {url}: no caption to perturb")
-                if negs:
-                    meta = {**meta, "negatives": negs}
-                    members["json"] = json.dumps(meta, ensure_ascii=False).encode()
-                    summary.with_negatives += 1
-                    type_counts.update(n_["type"] for n_ in negs)
-            sink.write(sample["__key__"], members)
-            n += 1
-        sink.close(sizes_file=None)
-        if n:
-            sizes[name] = n
-        summary.samples += n
-        summary.shards += 1
-        if progress:
-            progress(i + 1, len(urls))
-    write_json_atomic(tmp / "sizes.json", sizes, sort_keys=True)
-    publish_dir(tmp, out)
+                        negs = None
+                        counter.add(MISSING_CAPTION, f"{sample['__key__']} in {url}: no caption to perturb")
+                    if negs:
+                        meta = {**meta, "negatives": negs}
+                        members["json"] = json.dumps(meta, ensure_ascii=False).encode()
+                        summary.with_negatives += 1
+                        type_counts.update(n_["type"] for n_ in negs)
+                sink.write(sample["__key__"], members)
+                n += 1
+            sink.close(sizes_file=None)
+            if n:
+                sizes[name] = n
+            summary.samples += n
+            summary.shards += 1
+            if progress:
+                progress(i + 1, len(urls))
+        write_json_atomic(tmp / "sizes.json", sizes, sort_keys=True)
     summary.skipped = counter.as_dict()
     summary.types = dict(sorted(type_counts.items()))
     if imports is not None:

@@ -70,3 +70,17 @@ def publish_dir(staging: str | os.PathLike, final: str | os.PathLike) -> Path:
     _remove(final)
     os.replace(staging, final)
     return final
+
+
+@contextlib.contextmanager
+def staged(final: str | os.PathLike) -> Iterator[Path]:
+    """Build the folder ``final`` in its staging folder (yielded) and put it in place when the block
+    ends; if the block raises, the staging folder is removed instead (nothing half-built is left beside
+    ``final``) and ``final`` is untouched."""
+    staging = staging_dir(final)
+    try:
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    publish_dir(staging, final)

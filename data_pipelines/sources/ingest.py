@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..images import open_image
-from ..shards.atomic import publish_dir, staging_dir
+from ..shards.atomic import staged
 from ..shards.reader import CORRUPT_IMAGE, MISSING_CAPTION, MISSING_IMAGE
 from ..shards.writer import ShardSink
 
@@ -168,8 +168,7 @@ def write_shards(
         skipped[reason] = skipped.get(reason, 0) + 1
 
     step = max(1, len(rows) // 10)
-    staging = staging_dir(out)
-    with ShardSink(staging, pattern="shard-{:06d}.tar", shard_size=shard_size) as sink:
+    with staged(out) as staging, ShardSink(staging, pattern="shard-{:06d}.tar", shard_size=shard_size) as sink:
         for i, row in enumerate(rows):
             if not row.caption:
                 skip(MISSING_CAPTION, row, "empty caption")
@@ -190,7 +189,6 @@ def write_shards(
             summary.written += 1
             if (i + 1) % step == 0:
                 log_fn(f"  {i + 1}/{len(rows)} rows")
-    publish_dir(staging, out)
     summary.shards = len(sink.sizes)
     summary.skipped = dict(sorted(skipped.items()))
     return summary

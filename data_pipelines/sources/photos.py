@@ -42,7 +42,6 @@ import math
 import os
 import random
 import re
-import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -52,7 +51,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from ..shards.atomic import publish_dir, staging_dir, write_json_atomic
+from ..shards.atomic import staged, write_json_atomic
 from ..shards.writer import ShardSink
 from ..workers import map_in_pool
 
@@ -284,10 +283,9 @@ def write_photos(
     workers = workers if workers is not None else min(4, os.cpu_count() or 1)
     fn = functools.partial(make_sample, cfg, tuple(sources))
     step = max(1, cfg.n // 10)
-    tmp = staging_dir(out)
     start = time.perf_counter()
     jpeg_bytes = 0
-    try:
+    with staged(out) as tmp:
         log(f"writing {cfg.n} photo crops ({cfg.width}x{cfg.height}, JPEG quality {cfg.quality}) to {out}")
         with ShardSink(tmp, pattern="photos-{:06d}.tar", shard_size=cfg.shard_size) as sink:
             for index, members in enumerate(map_in_pool(fn, range(cfg.n), workers, chunksize=16, min_items=64)):
@@ -313,10 +311,6 @@ def write_photos(
             "versions": _versions(),
         }
         write_json_atomic(tmp / MANIFEST, manifest, sort_keys=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     seconds = time.perf_counter() - start
-    publish_dir(tmp, out)
     log(f"photos written to {out} in {seconds:.1f} s ({jpeg_bytes / cfg.n / 1024:.0f} KiB a JPEG on average)")
     return PhotosSummary(str(out), counts, seconds)

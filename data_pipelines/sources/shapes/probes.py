@@ -23,13 +23,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ...shards.atomic import publish_dir, staging_dir, write_json_atomic
+from ...shards.atomic import staged, write_json_atomic
 from .captions import classname
 from .drawing import get_drawing
 from .scene import DEFAULT_HELDOUT, PROBE_SPLIT_PREFIX, all_combos
@@ -125,9 +124,8 @@ def generate_probes(
             )
     workers = workers if workers is not None else min(4, os.cpu_count() or 1)
     drawing, world = get_drawing(cfg.drawing), cfg.world_config()
-    tmp = staging_dir(out)
     start = time.perf_counter()
-    try:
+    with staged(out) as tmp:
         log(f"drawing shapes probes in the {drawing.name!r} drawing into {out} ({cfg.image_size} px)")
         written = _write_compositional(tmp, world, workers, drawing, PROBE_SPLIT_PREFIX)
         counts = {f"compositional_{k}": v for k, v in written.items()}
@@ -144,10 +142,6 @@ def generate_probes(
             "seed_streams": [PROBE_SPLIT_PREFIX + s for s in SPLITS],
         }
         write_json_atomic(tmp / MANIFEST, manifest, sort_keys=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    publish_dir(tmp, out)
     log(f"shapes probes written to {out} in {seconds:.1f} s")
     return WorldSummary(str(out), counts, seconds)
 

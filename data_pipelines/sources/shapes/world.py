@@ -19,13 +19,12 @@ from __future__ import annotations
 import functools
 import json
 import os
-import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ...shards.atomic import publish_dir, staging_dir, write_json_atomic
+from ...shards.atomic import staged, write_json_atomic
 from ...shards.writer import ShardSink
 from ...workers import map_in_pool
 from .captions import NEGATIVE_TYPES, SUGARCREPE_TYPES, ZEROSHOT_TEMPLATES, classname
@@ -207,9 +206,8 @@ def generate_world(
                 "choose another --out or pass --overwrite"
             )
     workers = workers if workers is not None else min(4, os.cpu_count() or 1)
-    tmp = staging_dir(out)
     start = time.perf_counter()
-    try:
+    with staged(out) as tmp:
         log(f"generating the shapes world in {out} ({cfg.train_samples} train samples, {cfg.image_size} px)")
         counts = {"train": _write_train(tmp, cfg, workers, log)}
         counts.update({f"zeroshot_{k}": v for k, v in _write_zeroshot(tmp, cfg, workers).items()})
@@ -225,10 +223,6 @@ def generate_world(
             "negative_types": list(NEGATIVE_TYPES),
         }
         write_json_atomic(tmp / MANIFEST, manifest, sort_keys=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    publish_dir(tmp, out)
     log(f"shapes world written to {out} in {seconds:.1f} s")
     return WorldSummary(str(out), counts, seconds)
 
