@@ -81,9 +81,12 @@ def classification_counts(logits: torch.Tensor, target: torch.Tensor, n_classes:
     return {"n": len(target), "acc1": int((pred_top[:, 0] == target).sum()), "acc5": top5}
 
 
-def classification_metrics(logits: torch.Tensor, target: torch.Tensor, n_classes: int) -> dict[str, float]:
-    """Accuracies as exact fractions of the counts (153/300 is 0.51, not float32's 0.50999999)."""
-    counts = classification_counts(logits, target, n_classes)
+def classification_metrics(
+    logits: torch.Tensor, target: torch.Tensor, n_classes: int, counts: dict[str, int | None] | None = None
+) -> dict[str, float]:
+    """Accuracies as exact fractions of the counts (153/300 is 0.51, not float32's 0.50999999);
+    ``counts``: :func:`classification_counts` of the same logits, when the caller has them already."""
+    counts = counts or classification_counts(logits, target, n_classes)
     n = counts["n"]
     pred = logits.argmax(dim=1)
     recalls = [
@@ -186,7 +189,8 @@ def evaluate_counts(
     if dataset.task == "classification":
         logits, target = classify(model, tokenizer, dataset, feats, device, amp, templates)
         n_classes = len(dataset.classnames)
-        return classification_metrics(logits, target, n_classes), classification_counts(logits, target, n_classes)
+        counts = classification_counts(logits, target, n_classes)
+        return classification_metrics(logits, target, n_classes, counts), counts
     captions = [c for item in dataset.items for c in item.captions]
     owner = torch.tensor([i for i, item in enumerate(dataset.items) for _ in item.captions])
     text_rows = []
