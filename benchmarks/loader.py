@@ -136,15 +136,17 @@ def _cpu_seconds() -> float:
     """CPU time (user + system) of this process and every process under it (the loader's workers),
     those that have ended included (a loader replaces its workers at each epoch)."""
     me = psutil.Process()
-    own = me.cpu_times()
-    total = own.user + own.system + own.children_user + own.children_system
+    total = 0.0
     for proc in me.children(recursive=True):
         try:
             times = proc.cpu_times()
         except psutil.NoSuchProcess:  # ended between the listing and the reading: counted once reaped
             continue
         total += times.user + times.system
-    return total
+    # A child reaped between the two readings would count twice (or, read the other way round, not at
+    # all); workers end only at an epoch's end, outside the window timed here (--samples < an epoch).
+    own = me.cpu_times()
+    return total + own.user + own.system + own.children_user + own.children_system
 
 
 def _timed(batches, limit: int) -> tuple[float, float]:

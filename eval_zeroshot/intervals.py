@@ -1,8 +1,8 @@
 """Confidence intervals of one accuracy: the Wilson score interval of a binomial proportion.
 
-One home for it below every user: the diagnostics' probes, the report's whiskers and the study's
-per-cell intervals (vlp.study.stats) all draw it from here, so the package layers keep pointing one
-way (data_pipelines <- eval_zeroshot <- vlp).
+One home for it, below every user: the diagnostics' linear probes and the report's whiskers draw it
+from here, and so may anything in vlp, which keeps the package layers pointing one way
+(data_pipelines <- eval_zeroshot <- vlp; tests/test_layers.py).
 """
 
 from __future__ import annotations

@@ -193,19 +193,22 @@ def test_tiny_study_interrupted_resumed_and_aggregated(tmp_path, world, exported
     assert (results / "cells" / "start.json").is_file()  # the starting model was scored before
     assert not (results / "cells" / "clip__seed0.json").exists()
     assert list((runs / "clip__seed0" / "checkpoints").glob("step_*"))  # the trainer saved where it stopped
-    first_attempt = float((runs / "clip__seed0" / "attempt_seconds").read_text())
-    assert first_attempt > 0.5  # at least one step of 0.5 s
+    attempts = runs / "clip__seed0" / "attempt_seconds"
+    assert float(attempts.read_text()) > 0.5  # at least one step of 0.5 s
+    attempts.write_text("1000.0")  # as if the first attempt had taken long: the total must carry it
 
     # 2. The same command resumes that cell from its checkpoint and runs the rest.
+    second_start = time.monotonic()
     proc = _study(["--config", str(path)])
     out, _ = proc.communicate(timeout=600)
+    second = time.monotonic() - second_start
     assert proc.returncode == 0, out
     assert "1 done, 2 to run" in out
     log = (runs / "clip__seed0.log").read_text()
     assert "resum" in log.lower()
     cells = {p.stem: json.loads(p.read_text()) for p in (results / "cells").glob("*.json")}
     assert set(cells) == {"start", "clip__seed0", "dcl__seed0"}
-    assert cells["clip__seed0"]["train_seconds"] > first_attempt  # both attempts
+    assert 1000.0 < cells["clip__seed0"]["train_seconds"] < 1000.0 + second  # both attempts
     cell = cells["dcl__seed0"]
     assert cell["seed"] == 0 and cell["train"]["steps"] == 4 and cell["resolved_config"]["train"]["seed"] == 0
     assert cell["resolved_config"]["data"]["shapes_world"] == ""
@@ -298,22 +301,90 @@ def test_two_processes_share_a_study_through_claims(tmp_path, monkeypatch):
 
 
 def test_a_claim_file_removed_while_another_process_opened_it_is_not_shared(tmp_path, monkeypatch):
-    """The race a lock on a removed file would lose: B opens the claim file, A releases it (removing
-    it), C claims the path's new file, B locks the removed one. B must see that it is not the path's."""
+    """The race a lock on a removed file would lose: B opens the claim file; before B locks it, A
+    releases it (removing it) and C claims the path's new file; B's lock on the removed file then
+    succeeds. claim() must see that its file is no longer the path's and find C holding the cell."""
     import fcntl
 
+    from vlp.study import cells
     from vlp.study.cells import Cell, claim
 
     monkeypatch.chdir(REPO)
     study = load_study(_study_file(tmp_path, {**BASE, "results": str(tmp_path / "results")}))
     cell = Cell("clip", 0)
     a = claim(study, cell)
-    stale = open(a.path, "a+")  # B's open, before A lets go
-    a.release()
-    c = claim(study, cell)
-    assert c is not None
-    fcntl.flock(stale, fcntl.LOCK_EX | fcntl.LOCK_NB)  # B can lock the removed file ...
-    assert os.fstat(stale.fileno()).st_ino != os.stat(c.path).st_ino
-    stale.close()
-    assert claim(study, cell) is None  # ... which is why claim() compares inodes: C holds the path
-    c.release()
+    real_flock, held = fcntl.flock, []
+
+    def a_releases_and_c_claims_first(f, op):
+        if not held:  # B's first lock attempt: A and C act in between B's open and B's lock
+            a.release()
+            c_file = open(a.path, "a+")
+            real_flock(c_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            held.append(c_file)
+        return real_flock(f, op)
+
+    monkeypatch.setattr(cells.fcntl, "flock", a_releases_and_c_claims_first)
+    assert claim(study, cell) is None  # without the inode check: a Claim on the removed file
+    held[0].close()
+
+
+def test_the_trainer_keeps_the_claim_when_the_study_process_is_gone(tmp_path, monkeypatch):
+    """train_cell hands the claim's open file to the trainer (pass_fds): if the vlp-study process dies
+    (its file closed, nothing released), the cell stays taken until the trainer ends too."""
+    import threading
+
+    import psutil
+
+    from vlp.study import cells
+    from vlp.study.cells import Cell, CellFailed, claim, train_cell
+
+    monkeypatch.chdir(REPO)
+    study = load_study(_study_file(tmp_path, {**BASE, "results": str(tmp_path / "results")}))
+    cell = Cell("clip", 0)
+    mine = claim(study, cell)
+    sleeper = [sys.executable, "-c", "import time; time.sleep(60)"]  # a trainer that takes its time
+    monkeypatch.setattr(cells, "train_command", lambda *args: sleeper)
+    ended = []
+
+    def study_process():
+        try:
+            train_cell(study, cell, tmp_path / "runs" / cell.name, lambda m: None, (mine.file.fileno(),))
+        except CellFailed as exn:
+            ended.append(exn)
+
+    thread = threading.Thread(target=study_process)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not psutil.Process().children() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    (trainer,) = psutil.Process().children()
+    try:
+        mine.file.close()  # the study process is gone: its descriptor closed, the file not removed
+        assert claim(study, cell) is None  # the trainer still holds it
+    finally:
+        trainer.kill()
+        thread.join(timeout=30)
+    assert ended and "training exited" in str(ended[0])
+    again = claim(study, cell)  # the trainer is gone too: the cell is free
+    assert again is not None
+    again.release()
+
+
+def test_listing_a_study_does_not_make_a_free_cell_look_taken(tmp_path, monkeypatch):
+    """held_by (--list) holds a shared lock for an instant; a claim at that instant retries."""
+    import fcntl
+    import threading
+
+    from vlp.study.cells import Cell, claim
+
+    monkeypatch.chdir(REPO)
+    study = load_study(_study_file(tmp_path, {**BASE, "results": str(tmp_path / "results")}))
+    cell = Cell("clip", 0)
+    claim(study, cell).release()  # the folder and a free claim file's path
+    path = tmp_path / "results" / "cells" / "clip__seed0.running"
+    lister = open(path, "a+")
+    fcntl.flock(lister, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    threading.Timer(0.08, lister.close).start()  # held briefly, as held_by does
+    taken = claim(study, cell)
+    assert taken is not None
+    taken.release()

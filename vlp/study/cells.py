@@ -12,7 +12,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -70,37 +70,56 @@ class Claim:
 
     def release(self) -> None:
         """Remove the file while still holding it (a process that opened it meanwhile sees that its
-        inode is gone and tries again), then let go of it."""
-        self.path.unlink(missing_ok=True)
-        self.file.close()
+        inode is gone and tries again), then let go of it. The cell's trainer, which inherits the open
+        file, holds the lock until it exits too."""
+        try:
+            self.path.unlink(missing_ok=True)
+        finally:
+            self.file.close()
 
 
 def claim(study: Study, cell: Cell) -> Claim | None:
     """Take the cell for this process, so that several ``vlp-study`` processes share a study, each on
-    its own cells; None when another process holds it. The kernel drops the lock when its process ends,
-    however it ends (kill -9 included), so no claim goes stale and no reused pid can hold a cell. On a
-    network file system this relies on its locks (NFSv4 has them)."""
+    its own cells; None when another process holds it. The lock lives in the open file, which this
+    process and the cell's trainer hold (``train_cell(keep_open=...)``): the kernel drops it when both
+    have ended, however they end (kill -9 included), so no claim goes stale and no reused pid holds a
+    cell. Raises OSError naming the file when the file system has no locks (NFS mounted ``nolock``)."""
     path = result_path(study, cell).with_suffix(".running")
     path.parent.mkdir(parents=True, exist_ok=True)
     for _ in range(3):
         f = open(path, "a+")  # held open for as long as the cell runs
         try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+            if not _lock(f):
+                f.close()
+                return None  # another process runs it
+            try:  # the holder before us may have released (and removed) the file after we opened it
+                ours = os.stat(path).st_ino == os.fstat(f.fileno()).st_ino
+            except FileNotFoundError:
+                ours = False
+            if ours:
+                f.seek(0)
+                f.truncate()
+                f.write(str(os.getpid()))
+                f.flush()
+                return Claim(path, f)
+        except OSError as exn:
             f.close()
-            return None  # another process runs it
-        try:  # the holder before us may have released (and removed) the file after we opened it
-            ours = os.stat(path).st_ino == os.fstat(f.fileno()).st_ino
-        except FileNotFoundError:
-            ours = False
-        if ours:
-            f.seek(0)
-            f.truncate()
-            f.write(str(os.getpid()))
-            f.flush()
-            return Claim(path, f)
+            raise OSError(f"cannot take the claim {path}: {exn} (vlp-study needs a file system with locks)") from exn
         f.close()
     return None
+
+
+def _lock(f: IO[str], tries: int = 5, wait_s: float = 0.05) -> bool:
+    """An exclusive lock on ``f`` if nobody holds the claim. A few short retries: ``held_by`` (``--list``)
+    holds a shared lock for an instant, which must not make a free cell look taken."""
+    for attempt in range(tries):
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if attempt + 1 < tries:
+                time.sleep(wait_s)
+    return False
 
 
 def held_by(study: Study, cell: Cell) -> int | None:
@@ -140,15 +159,18 @@ def _has_checkpoint(run_dir: Path) -> bool:
 
 
 def _add_seconds(path: Path, seconds: float) -> None:
-    if path.parent.is_dir():  # a run stopped before it wrote anything restarts from scratch anyway
-        before = float(path.read_text()) if path.is_file() else 0.0
-        path.write_text(f"{before + seconds:.3f}")
+    before = float(path.read_text()) if path.is_file() else 0.0
+    path.write_text(f"{before + seconds:.3f}")
 
 
-def train_cell(study: Study, cell: Cell, run_dir: Path, log: Callable[[str], None]) -> float | None:
+def train_cell(
+    study: Study, cell: Cell, run_dir: Path, log: Callable[[str], None], keep_open: Sequence[int] = ()
+) -> float | None:
     """Run the cell's training (resuming when a checkpoint is there); returns its wall seconds over every
-    attempt (an interrupted one adds its time to ``run_dir/attempt_seconds``), or what the summary of a
-    finished run found there records (None when it records nothing)."""
+    attempt that left checkpoints (an interrupted or failed one adds its time to
+    ``run_dir/attempt_seconds``), or what the summary of a finished run found there records (None when
+    it records nothing). ``keep_open``: file descriptors the trainer inherits (the cell's claim, so
+    that it stays taken while the trainer runs even if this process is killed)."""
     if run_dir.exists() and not _has_checkpoint(run_dir) and not (run_dir / "export").is_dir():
         shutil.rmtree(run_dir)  # stopped before its first checkpoint: nothing to resume, start clean
     if (run_dir / "export").is_dir() and (run_dir / "summary.json").is_file():
@@ -161,26 +183,29 @@ def train_cell(study: Study, cell: Cell, run_dir: Path, log: Callable[[str], Non
     log(f"  train: {' '.join(cmd[1:])}")
     earlier = run_dir / "attempt_seconds"  # the attempts before this one, which left checkpoints
     start = time.perf_counter()
-    with open(log_path, "a") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
-        try:
-            code = proc.wait()
-        except KeyboardInterrupt:
-            # The trainer got the same Ctrl-C (same process group): it saves a checkpoint and exits.
-            proc.send_signal(signal.SIGINT)
+    finished = False
+    try:
+        with open(log_path, "a") as out:
+            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, pass_fds=tuple(keep_open))
             try:
-                proc.wait(timeout=300)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+                code = proc.wait()
+            except KeyboardInterrupt:
+                # The trainer got the same Ctrl-C (same process group): it saves a checkpoint and exits.
+                proc.send_signal(signal.SIGINT)
+                try:
+                    proc.wait(timeout=300)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                raise Interrupted(cell.name) from None
+        if code == 0 and not (run_dir / "export").is_dir() and _has_checkpoint(run_dir):
+            raise Interrupted(cell.name)  # the trainer stopped on a signal sent to it alone: checkpoint, exit 0
+        if code != 0 or not (run_dir / "export").is_dir():
+            raise CellFailed(f"cell {cell.name}: training exited with {code}; see {log_path}")
+        finished = True
+    finally:
+        if not finished and _has_checkpoint(run_dir):  # the next attempt resumes from this one's work
             _add_seconds(earlier, time.perf_counter() - start)
-            raise Interrupted(cell.name) from None
-    seconds = time.perf_counter() - start
-    if code == 0 and not (run_dir / "export").is_dir() and _has_checkpoint(run_dir):
-        _add_seconds(earlier, seconds)
-        raise Interrupted(cell.name)  # the trainer stopped on a signal sent to it alone: checkpoint, exit 0
-    seconds += float(earlier.read_text()) if earlier.is_file() else 0.0
-    if code != 0 or not (run_dir / "export").is_dir():
-        raise CellFailed(f"cell {cell.name}: training exited with {code}; see {log_path}")
+    seconds = time.perf_counter() - start + (float(earlier.read_text()) if earlier.is_file() else 0.0)
     summary = json.loads((run_dir / "summary.json").read_text())
     summary["seconds"] = seconds
     write_json_atomic(run_dir / "summary.json", summary)

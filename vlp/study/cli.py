@@ -101,7 +101,7 @@ def _evaluate(spec: str, study: Study, cell: Cell) -> dict:
         raise CellFailed(f"cell {cell.name}: evaluating {spec} failed: {exn}") from None
 
 
-def run_cell(study: Study, cell: Cell, log) -> dict:
+def run_cell(study: Study, cell: Cell, log, keep_open: tuple[int, ...] = ()) -> dict:
     record: dict = {"study": study.name, "cell": cell.name, "recipe": cell.recipe, "seed": cell.seed}
     if cell.recipe == START:
         start = time.perf_counter()
@@ -112,7 +112,7 @@ def run_cell(study: Study, cell: Cell, log) -> dict:
         return record
     run_dir = Path(study.runs) / cell.name
     recipe = next(r for r in study.recipes if r.name == cell.recipe)
-    train_seconds = train_cell(study, cell, run_dir, log)
+    train_seconds = train_cell(study, cell, run_dir, log, keep_open)
     summary = json.loads((run_dir / "summary.json").read_text())
     losses = [summary.get(k) for k in ("first_loss_mean", "last_loss_mean")]
     shown = " -> ".join("n/a" if x is None else f"{x:.3f}" for x in losses)  # None: resumed at the very end
@@ -126,8 +126,8 @@ def run_cell(study: Study, cell: Cell, log) -> dict:
         overrides=list(study.overrides) + list(recipe.overrides),
         resolved_config=summary["config"],
         train={k: summary[k] for k in ("steps", "skipped_steps", "first_loss_mean", "last_loss_mean")},
-        # Wall seconds of the training in this study's process (the last attempt, when resumed); None when
-        # the cell reused a finished run found in its folder (trained by another command).
+        # Wall seconds of the training in this study's processes (every attempt that left checkpoints, when
+        # resumed); None when the cell reused a finished run found in its folder (trained by another command).
         train_seconds=train_seconds,
         eval_seconds=time.perf_counter() - start,
         curve=_curve(run_dir),
@@ -188,7 +188,11 @@ def main(argv: list[str] | None = None) -> int:
                 break
             if result_path(study, cell).is_file():
                 continue  # finished meanwhile by another vlp-study process
-            claimed = claim(study, cell)
+            try:
+                claimed = claim(study, cell)
+            except OSError as exn:
+                print(f"vlp-study: {exn}", file=sys.stderr)
+                return 2
             if claimed is None:
                 print(f"[{i}/{len(todo)}] {cell.name}: being run by another vlp-study process; skipped", flush=True)
                 continue
@@ -198,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[{i}/{len(todo)}] {cell.name}", flush=True)
             start = time.perf_counter()
             try:
-                record = run_cell(study, cell, lambda m: print(m, flush=True))
+                record = run_cell(study, cell, lambda m: print(m, flush=True), (claimed.file.fileno(),))
                 record.update(machine=_machine(), vlp_commit=_commit(), seconds=time.perf_counter() - start)
                 run_dir = None if cell.recipe == START else Path(study.runs) / cell.name
                 path = finish_cell(study, cell, record, run_dir)  # done, before the claim is released
