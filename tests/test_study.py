@@ -388,3 +388,20 @@ def test_listing_a_study_does_not_make_a_free_cell_look_taken(tmp_path, monkeypa
     taken = claim(study, cell)
     assert taken is not None
     taken.release()
+
+
+def test_a_file_system_without_locks_is_one_message(tmp_path, monkeypatch, capsys):
+    import errno
+
+    from vlp.study import cells
+
+    def no_locks(f, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.chdir(REPO)
+    monkeypatch.setattr(cells.fcntl, "flock", no_locks)
+    body = {**BASE, "evaluate": {"zeroshot": {"test": f"{tmp_path}:test"}}, "results": str(tmp_path / "results")}
+    assert vlp_study(["--config", str(_study_file(tmp_path, body)), "--max-cells", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot take the claim" in err and "clip__seed0.running" in err and "No locks available" in err
+    assert not list((tmp_path / "results" / "cells").glob("*.json"))  # nothing ran
