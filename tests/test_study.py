@@ -342,7 +342,8 @@ def test_the_trainer_keeps_the_claim_when_the_study_process_is_gone(tmp_path, mo
     study = load_study(_study_file(tmp_path, {**BASE, "results": str(tmp_path / "results")}))
     cell = Cell("clip", 0)
     mine = claim(study, cell)
-    sleeper = [sys.executable, "-c", "import time; time.sleep(60)"]  # a trainer that takes its time
+    marker = f"# trainer of {tmp_path}"  # to tell it from other processes this test session started
+    sleeper = [sys.executable, "-c", f"import time; time.sleep(60)  {marker}"]  # a trainer that takes its time
     monkeypatch.setattr(cells, "train_command", lambda *args: sleeper)
     ended = []
 
@@ -354,10 +355,14 @@ def test_the_trainer_keeps_the_claim_when_the_study_process_is_gone(tmp_path, mo
 
     thread = threading.Thread(target=study_process)
     thread.start()
+
+    def trainers() -> list[psutil.Process]:
+        return [c for c in psutil.Process().children() if marker in " ".join(c.cmdline())]
+
     deadline = time.monotonic() + 30
-    while not psutil.Process().children() and time.monotonic() < deadline:
+    while not trainers() and time.monotonic() < deadline:
         time.sleep(0.05)
-    (trainer,) = psutil.Process().children()
+    (trainer,) = trainers()
     try:
         mine.file.close()  # the study process is gone: its descriptor closed, the file not removed
         assert claim(study, cell) is None  # the trainer still holds it
