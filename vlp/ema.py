@@ -32,11 +32,20 @@ class EMATeacher:
                 m.momentum = 0.0  # ... without updating the running ones
 
     @torch.no_grad()
-    def update(self, student: torch.nn.Module) -> None:
+    def update(self, student: torch.nn.Module, applied: bool | torch.Tensor = True) -> None:
+        """One EMA step towards ``student``; none when ``applied`` is false (the optimizer skipped the
+        step). ``applied`` may be a 0-dim tensor on the device: the update then never reads it on the host."""
+        if isinstance(applied, bool):
+            if not applied:
+                return
+            weight: float | torch.Tensor = 1.0 - self.decay
+        else:
+            weight = applied.to(torch.float32) * (1.0 - self.decay)  # 0 leaves the teacher as it is
         for t, s in zip(self.module.parameters(), student.parameters(), strict=True):
-            t.lerp_(s.detach().to(t.dtype), 1.0 - self.decay)
+            t.lerp_(s.detach().to(t.dtype), weight)
         for t, s in zip(self.module.buffers(), student.buffers(), strict=True):
-            t.copy_(s)  # BatchNorm statistics follow the student
+            # BatchNorm statistics follow the student
+            t.copy_(s if isinstance(applied, bool) else torch.where(applied, s.to(t.dtype), t))
 
     @torch.no_grad()
     def __call__(self, *args, **kwargs):

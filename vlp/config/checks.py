@@ -29,6 +29,7 @@ def validate(cfg: Config) -> None:
     _check(t.save_every >= 1, f"train.save_every: must be at least 1, got {t.save_every}")
     _check(t.keep_last >= 1, f"train.keep_last: must be at least 1, got {t.keep_last}")
     _check(t.log_every >= 1, f"train.log_every: must be at least 1, got {t.log_every}")
+    _check(t.agree_every >= 1, f"train.agree_every: must be at least 1, got {t.agree_every}")
     _check(t.lr > 0, f"train.lr: must be positive, got {t.lr}")
     _check(t.warmup_steps >= 0, f"train.warmup_steps: must not be negative, got {t.warmup_steps}")
     _check(t.grad_clip >= 0, f"train.grad_clip: must not be negative, got {t.grad_clip}")

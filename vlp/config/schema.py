@@ -85,6 +85,11 @@ class TrainConfig:
     keep_last: int = 2
     resume: str = ""  # '' (fresh), 'latest' (newest checkpoint in output_dir, if any) or a checkpoint path
     log_every: int = 10
+    # Steps between agreements of the ranks (the stop signal, skipped steps, peak memory) on steps that
+    # neither log, evaluate nor save: each is one collective and one host sync. A SIGTERM is acted on
+    # within this many steps, so agree_every x step time + a save must fit in the launcher's grace
+    # period (launch/slurm.sh: TORCH_ELASTIC_SHUTDOWN_TIMEOUT).
+    agree_every: int = 10
     max_nonfinite_steps: int = 5  # stop after this many skipped (non-finite) steps in a row
     local_loss: bool = False  # local rows x global columns (open_clip's --local-loss)
     threads: int = 0  # torch threads per process; 0 = cores / processes on this machine

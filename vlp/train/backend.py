@@ -15,13 +15,12 @@ import resource
 from collections.abc import Callable
 
 import torch
-import torch.distributed as dist
 from accelerate import Accelerator
 from accelerate.utils import InitProcessGroupKwargs
 
 from ..config import TrainConfig
 from ..config.schema import LogConfig
-from ..distributed import any_rank
+from ..distributed import broadcast_coalesced
 from ..model import MAX_LOGIT_SCALE
 from ..trackers import accelerate_trackers, project_name
 from .collectives import process_group_timeout, set_default_group_timeout
@@ -63,7 +62,7 @@ class Backend:
         plugin = self.acc.state.deepspeed_plugin
         self.deepspeed = plugin is not None
         self.zero_stage: int | None = plugin.zero_stage if plugin is not None else None
-        self.model = self.optimizer = self.unwrapped = None  # set by prepare()
+        self.model = self.optimizer = self.base_optimizer = self.unwrapped = None  # set by prepare()
 
     # ------------------------------------------------------------------ what the run is
 
@@ -108,6 +107,9 @@ class Backend:
     def prepare(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
         if self.deepspeed:
             self._configure_deepspeed()
+        if not optimizer.defaults.get("fused"):
+            raise ValueError("the trainer skips non-finite steps through the fused AdamW's found_inf: use fused=True")
+        self.base_optimizer = optimizer  # what DDP's and ZeRO-0's optimizer step runs
         self.model, self.optimizer = self.acc.prepare(model, optimizer)
         self.unwrapped = self.acc.unwrap_model(self.model)
 
@@ -138,20 +140,27 @@ class Backend:
 
     # ------------------------------------------------------------------ backward and step
 
-    def _grads_finite(self) -> bool:
-        bad = any(p.grad is not None and not torch.isfinite(p.grad).all() for p in self.unwrapped.parameters())
-        return not any_rank(bad)
+    @staticmethod
+    def _skip_if(optimizer: torch.optim.Optimizer, nonfinite: torch.Tensor) -> None:
+        """Make the next ``optimizer.step()`` a no-op on the device when ``nonfinite`` is true: the fused
+        AdamW kernel reads ``found_inf`` (as it does for a GradScaler) and then leaves the weights, its
+        moments and its step count untouched, without the host ever reading the flag."""
+        optimizer.found_inf = nonfinite.float()
 
-    def backward_and_step(self, loss_for: Callable[[int], torch.Tensor], passes: int = 1) -> bool:
+    def backward_and_step(
+        self, loss_for: Callable[[int], torch.Tensor], passes: int = 1
+    ) -> bool | torch.Tensor:
         """Back-propagate ``loss_for(j)`` for j < passes (the gradients add up), then one optimizer
-        step; False when a non-finite gradient made the step a no-op."""
+        step. Returns whether the step reached the weights: a host bool where the engine already read
+        it (DeepSpeed's overflow check, the fp16 grad scaler), else a 0-dim bool tensor on the device,
+        read by the loop only when it logs."""
         if self.deepspeed:
             return self._deepspeed_step(loss_for, passes)
         for j in range(passes):  # DDP synchronises gradients on the last pass only
             with contextlib.nullcontext() if j == passes - 1 else self.acc.no_sync(self.model):
                 self.acc.backward(loss_for(j))
         clip = self.cfg.grad_clip
-        if self.cfg.precision == "fp16":  # the grad scaler skips overflowing steps itself
+        if self.cfg.precision == "fp16":  # the grad scaler skips overflowing steps itself (and reads its flag)
             if clip:
                 self.acc.clip_grad_norm_(self.model.parameters(), clip)
             self.optimizer.step()
@@ -160,26 +169,36 @@ class Backend:
             # One pass over the gradients: the global norm is non-finite exactly when some gradient is
             # (DDP has already averaged them, so every rank sees the same norm).
             norm = self.acc.clip_grad_norm_(self.model.parameters(), clip or float("inf"))
-            applied = bool(torch.isfinite(norm))
-            if applied:
+            applied = torch.isfinite(norm)
+            self._skip_if(self.base_optimizer, ~applied)
+            try:
                 self.optimizer.step()
+            finally:
+                del self.base_optimizer.found_inf
         self.optimizer.zero_grad(set_to_none=True)
         return applied
 
-    def _deepspeed_step(self, loss_for: Callable[[int], torch.Tensor], passes: int) -> bool:
+    def _deepspeed_step(self, loss_for: Callable[[int], torch.Tensor], passes: int) -> bool | torch.Tensor:
         engine = self.model
         before = engine.skipped_steps
+        # DeepSpeed checks gradients itself (and then skips the step) except in ZeRO-0 without mixed
+        # precision, where the plain optimizer steps on p.grad: there the check is ours, on the device.
         plain_optimizer = self.zero_stage == 0 and self.cfg.precision == "fp32"
+        applied = None
         for j in range(passes):
             # Each pass's loss is the whole batch's: DeepSpeed must not divide it by the passes.
             engine.backward(loss_for(j), scale_wrt_gas=False)
-            # DeepSpeed checks gradients itself (and then skips the step) except in ZeRO-0 without
-            # mixed precision, where the plain optimizer sees the gradients in p.grad.
-            if j == passes - 1 and plain_optimizer and not self._grads_finite():
-                engine.zero_grad()
-                return False
-            engine.step()  # counts a micro-batch; the last one steps the optimizer
-        return engine.skipped_steps == before
+            if j == passes - 1 and plain_optimizer:
+                # The engine has all-reduced the gradients: the norm is the same on every rank.
+                grads = [p.grad for p in self.unwrapped.parameters() if p.grad is not None]
+                applied = torch.isfinite(torch.nn.utils.get_total_norm(grads))
+                self._skip_if(self.base_optimizer, ~applied)
+            try:
+                engine.step()  # counts a micro-batch; the last one steps the optimizer
+            finally:
+                if applied is not None:
+                    del self.base_optimizer.found_inf
+        return applied if applied is not None else engine.skipped_steps == before
 
     # ------------------------------------------------------------------ after a step
 
@@ -199,24 +218,29 @@ class Backend:
                     safe_set_local_fp32_param(p, local.clamp(0, MAX_LOGIT_SCALE))
                 p.ds_tensor.data.clamp_(0, MAX_LOGIT_SCALE)
                 continue
-            if self.deepspeed and self.zero_stage:
-                from deepspeed.utils import safe_get_full_fp32_param, safe_set_full_fp32_param
-
-                master = safe_get_full_fp32_param(p)  # a collective
-                if master is not None:
-                    safe_set_full_fp32_param(p, master.clamp(0, MAX_LOGIT_SCALE))
+            # ZeRO-1/2 (and DeepSpeed's bf16 optimizer): this rank's slice of the fp32 master, in place.
+            # (safe_get_full_fp32_param would assemble the whole scale with an all-reduce every step.)
+            mapping = getattr(p, "_hp_mapping", None)
+            if mapping is not None:
+                mapping.get_hp_fragment().data.clamp_(0, MAX_LOGIT_SCALE)
             p.data.clamp_(0, MAX_LOGIT_SCALE)
 
-    def sync_buffers(self) -> None:
-        """Under DeepSpeed every rank updates BatchNorm running statistics from its own batches, and a
-        checkpoint keeps only rank 0's. Broadcasting rank 0's after each step (as DDP does before each
-        forward) keeps the ranks, their EMA teachers and a resumed run identical."""
+    def sync_batchnorm_stats(self) -> None:
+        """Make every rank's BatchNorm running statistics rank 0's, in one broadcast. Under DeepSpeed each
+        rank updates them from its own batches (DDP broadcasts them itself before each forward) and a
+        checkpoint keeps rank 0's. Training never reads them (BatchNorm normalises with the batch's
+        statistics, the EMA teacher too), so they are made equal only before something does: evaluation,
+        ProtoCLIP's episode embedding (eval mode) and a save. Rank 0's own statistics evolve from its own
+        batches either way, so this gives what a broadcast after every step gave."""
         if not self.deepspeed or self.acc.num_processes == 1:
             return
-        for m in self.unwrapped.modules():
-            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.track_running_stats:
-                for buf in (m.running_mean, m.running_var, m.num_batches_tracked):
-                    dist.broadcast(buf, src=0)
+        stats = [
+            buf
+            for m in self.unwrapped.modules()
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.track_running_stats
+            for buf in (m.running_mean, m.running_var, m.num_batches_tracked)
+        ]
+        broadcast_coalesced(stats, src=0)
 
     def peak_memory_mb(self) -> float:
         """This process's peak memory so far: accelerator memory on GPUs, resident set size on CPU."""

@@ -17,7 +17,7 @@ from data_pipelines.shards.specs import SpecError, parse_sources
 
 from ..config import ConfigError, load_config, to_yaml
 from ..model import check_spec
-from .collectives import is_collective_failure
+from .collectives import is_collective_failure, wrong_device
 from .errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, TrainingError
 from .loop import train
 from .setup import build_run
@@ -74,6 +74,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"vlp-train: error: {exn}", file=sys.stderr)
         return EXIT_FAILED
     except RuntimeError as exn:
+        if wrong_device(exn):
+            print(f"vlp-train: error: {wrong_device(exn)}", file=sys.stderr)
+            return EXIT_FAILED
         if not is_collective_failure(exn):
             raise
         # While the run was being built or restored: no heartbeat yet to say who is missing.

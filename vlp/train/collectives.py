@@ -63,6 +63,24 @@ def is_collective_failure(exn: BaseException) -> bool:
     return isinstance(exn, RuntimeError) and any(word in text for word in _PEER_FAILURE)
 
 
+# What torch raises when a collective gets a tensor on a device its process group has no backend for
+# (a CPU tensor under NCCL): a bug in the caller, not a peer that stopped answering.
+_WRONG_DEVICE = "no backend type associated with device type"
+
+
+def wrong_device(exn: BaseException) -> str | None:
+    """The message for a collective handed a tensor on a device its group does not serve, else None."""
+    text = str(exn).strip()
+    if not (isinstance(exn, RuntimeError) and _WRONG_DEVICE in text.lower()):
+        return None
+    backend = dist.get_backend_config() if dist.is_available() and dist.is_initialized() else "none"
+    return (
+        f"a collective was handed a tensor on a device its process group does not serve ({text.splitlines()[0]}; "
+        f"the group's backends: {backend}). Under NCCL every collective needs CUDA tensors; host values go "
+        "through vlp.distributed.host_group(). This is a bug in vlp or in a hook: please report this line"
+    )
+
+
 def heartbeat_interval(timeout_s: float) -> float:
     """Often enough to tell a silent rank within the timeout, rarely enough to cost nothing."""
     return min(5.0, max(0.5, timeout_s / 10))

@@ -8,10 +8,10 @@ import time
 
 from ..checkpoint import CheckpointWriteError
 from ..config import to_dict
-from ..distributed import any_rank, max_over_ranks
 from ..metrics import MetricsLogger
 from ..trackers import Trackers, project_name
-from .collectives import Heartbeat, is_collective_failure
+from .agreement import Agreement, StepWindow
+from .collectives import Heartbeat, is_collective_failure, wrong_device
 from .errors import EXIT_OK, TrainingError
 from .finish import finish
 from .setup import Run, on_main_then_all
@@ -40,6 +40,8 @@ def train(run: Run) -> int:
         except CheckpointWriteError as exn:
             raise TrainingError(str(exn)) from None
         except RuntimeError as exn:
+            if wrong_device(exn):
+                raise TrainingError(wrong_device(exn)) from None
             if isinstance(exn, TrainingError) or not is_collective_failure(exn):
                 raise
             raise TrainingError(heartbeat.explain(exn, counters.step)) from None
@@ -73,56 +75,83 @@ def _trackers(run: Run) -> Trackers | None:
 
 
 def _steps(run: Run, logger: MetricsLogger, guard: NonFiniteGuard, losses: list[float], heartbeat: Heartbeat) -> bool:
-    """Train to train.max_steps; True when a signal stopped the run first (after a checkpoint)."""
+    """Train to train.max_steps; True when a signal stopped the run first (after a checkpoint).
+
+    A step that neither logs, evaluates nor saves only queues work: its values stay on the device in
+    ``window`` until the ranks agree (every train.agree_every steps, and on steps that log, evaluate or
+    save), which is also when skipped steps are counted and the stop signal is seen."""
     cfg, t, counters, backend = run.cfg, run.cfg.train, run.counters, run.backend
     batches = iter(run.loader)
     watch = DataBoundWatch(t.data_warn_share, cfg.data.workers, t.batch_size * t.accum_steps)  # per rank
+    window = StepWindow(backend.device)
     while counters.step < t.max_steps:
         tic = time.perf_counter()
         if run.episodes is not None and run.episodes.due(counters.step):  # ProtoCLIP: cluster what comes
+            backend.sync_batchnorm_stats()  # the episode embeds in eval mode: running statistics
             batches = run.episodes.start(counters.step, run.loader, batches, run.stepper.embed)
         micro = [next(batches) for _ in range(t.accum_steps)]
         data_time = time.perf_counter() - tic
         counters.step += 1
-        lr = run.lr_at(counters.step - 1)
-        values, applied = run.stepper(micro, counters.step)
-        reduced = {k: backend.acc.reduce(v.reshape(1), reduction="mean").item() for k, v in values.items()}
-        step_time = time.perf_counter() - tic
-        skipped = guard.check(counters.step, applied)
-        if skipped:
-            logger.message(skipped)
-        else:
-            losses.append(reduced["loss"])
-        record = {
-            "step": counters.step,
-            **reduced,
-            "lr": lr,
-            "samples_per_s": run.global_batch / step_time,
-            "data_time": data_time,
-            "step_time": step_time,
-            "data_share": data_time / step_time,
-            "loader_images_per_core_s": run.loader.images_per_core_s,
-            "skipped_steps": counters.skipped_steps,
-            "epoch": run.loader.epoch,
-            "time": time.time(),
-            "peak_memory_mb": max_over_ranks(backend.peak_memory_mb()),  # the largest rank's
-        }
-        logger.step(counters.step, record, log=counters.step % t.log_every == 0 or not applied or counters.step == 1)
-        bound = watch.check(counters.step, data_time, step_time, run.loader.images_per_core_s)
+        step = counters.step
+        lr = run.lr_at(step - 1)
+        values, applied = run.stepper(micro, step)
+        step_time = time.perf_counter() - tic  # host time: the device may still be working
+        window.add(step, values, applied, lr, data_time, step_time)
+        bound = watch.check(step, data_time, step_time, run.loader.images_per_core_s)
         if bound:
             logger.message(bound)
-        run.hooks.step_end(counters.step)
-        stopping = any_rank(run.stop.received is not None)
-        if run.evaluator.due(counters.step, t.max_steps):
-            logger.evaluation(counters.step, run.evaluator())
-        if counters.step % t.save_every == 0 or counters.step == t.max_steps or stopping:
-            path = run.checkpointer.save(counters.step)
-            guard.saved_at = counters.step
-            if stopping:
+        run.hooks.step_end(step)
+        heartbeat.step = step
+        last = step == t.max_steps
+        log = step % t.log_every == 0 or step == 1 or last
+        evaluate = run.evaluator.due(step, t.max_steps)
+        save = step % t.save_every == 0 or last
+        if not (log or evaluate or save or step % t.agree_every == 0):
+            continue
+        agreed = window.agree(stop=run.stop.received is not None, peak_memory_mb=backend.peak_memory_mb())
+        skipped_here = False
+        for row in agreed.rows:
+            skipped = guard.check(row.step, row.applied)  # raises at train.max_nonfinite_steps in a row
+            if skipped:
+                logger.message(skipped)
+                skipped_here = True
+            else:
+                losses.append(row.values["loss"])
+        if log or skipped_here:
+            logger.step(step, _record(run, agreed), log=True)
+        if evaluate:
+            backend.sync_batchnorm_stats()
+            logger.evaluation(step, run.evaluator())
+        if save or agreed.stop:
+            backend.sync_batchnorm_stats()  # rank 0's are saved; every rank continues with them
+            path = run.checkpointer.save(step)
+            guard.saved_at = step
+            if agreed.stop:
                 logger.message(
-                    f"stopped by a signal at step {counters.step}; checkpoint {path}; "
+                    f"stopped by a signal at step {step}; checkpoint {path}; "
                     f"continue with train.resume=latest (output_dir={cfg.output_dir})"
                 )
                 return True
-        heartbeat.step = counters.step
     return False
+
+
+def _record(run: Run, agreed: Agreement) -> dict:
+    """The metrics line of the agreement's last step; rates are averaged over the agreed steps."""
+    last = agreed.rows[-1]
+    n = len(agreed.rows)
+    step_time = sum(r.step_time for r in agreed.rows) / n
+    data_time = sum(r.data_time for r in agreed.rows) / n
+    return {
+        "step": last.step,
+        **last.values,
+        "lr": last.lr,
+        "samples_per_s": run.global_batch / step_time,
+        "data_time": data_time,
+        "step_time": step_time,
+        "data_share": data_time / step_time,
+        "loader_images_per_core_s": run.loader.images_per_core_s,
+        "skipped_steps": run.counters.skipped_steps,
+        "epoch": run.loader.epoch,
+        "time": time.time(),
+        "peak_memory_mb": agreed.peak_memory_mb,  # the largest rank's
+    }

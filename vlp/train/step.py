@@ -16,7 +16,6 @@ import torch
 
 from data_pipelines.loader.jpeg import images_to
 
-from ..distributed import any_rank
 from ..ema import EMATeacher
 from ..objectives import Features, Objective, concat_features
 from ..objectives.registry import TEACHER_ALL
@@ -130,23 +129,27 @@ class Stepper:
 
         return losses, cached[0].scale, loss_for
 
-    def __call__(self, micro: list[dict], step: int) -> tuple[dict[str, torch.Tensor], bool]:
-        """One optimizer step over this rank's micro-batches; returns the logged values and whether
-        the step reached the weights."""
+    def __call__(self, micro: list[dict], step: int) -> tuple[dict[str, torch.Tensor], bool | torch.Tensor]:
+        """One optimizer step over this rank's micro-batches; returns the logged values (on the device)
+        and whether the step reached the weights (a host bool, or a 0-dim bool tensor on the device).
+        Nothing here reads the device from the host or talks to the other ranks beyond the engine."""
         self.backend.model.train()
         if self.neighbours:
             micro = [with_neighbours(b) for b in micro]
         losses, scale, loss_for = self._plain(micro[0]) if len(micro) == 1 else self._accumulated(micro)
         loss = self.hooks.loss(step, losses["loss"])
-        applied = False  # a non-finite loss back-propagates nothing: weights and optimizer state untouched
-        if not any_rank(not bool(torch.isfinite(loss))):
-            with self.hooks.backward(step, self.backend.unwrapped):
-                applied = self.backend.backward_and_step(loss_for, len(micro))
-        if applied:
-            self.backend.clamp_logit_scales(self.backend.unwrapped.logit_scales())
-            self.backend.sync_buffers()
-            if self.teacher is not None:
-                self.teacher.update(self.backend.unwrapped)
+        # A non-finite loss must not reach the weights. Rather than read it on the host (a sync, and an
+        # agreement between ranks, before every backward), every pass's loss is multiplied by NaN when
+        # it is not finite: the gradients then are too, on every rank once they are reduced, and the
+        # step is skipped by the same gradient check as a non-finite gradient (weights and optimizer
+        # state untouched).
+        poison = torch.where(torch.isfinite(loss.detach()), 1.0, float("nan"))
+        with self.hooks.backward(step, self.backend.unwrapped):
+            applied = self.backend.backward_and_step(lambda j: loss_for(j) * poison, len(micro))
+        # A skipped step left the weights as they were: clamping them again changes nothing.
+        self.backend.clamp_logit_scales(self.backend.unwrapped.logit_scales())
+        if self.teacher is not None:
+            self.teacher.update(self.backend.unwrapped, applied)
         values = {k: v.detach() for k, v in losses.items()}
         values["loss"] = loss.detach()
         values["logit_scale"] = scale.detach().reshape(())  # the scale this step used (any ZeRO stage)
