@@ -3,7 +3,10 @@
 Two modes:
 
 * ``split``: every epoch the shard list is shuffled with ``(seed, epoch)``, dealt to ranks and then to
-  workers, so each sample is seen exactly once per epoch across the whole job;
+  workers (:func:`~data_pipelines.loader.plan.shard_plan`, a pure function of the shards, seed, epoch,
+  world size and worker count), so each sample is read exactly once per epoch across the whole job
+  (see :mod:`.plan` for what the last partial batches and uneven shards do to that). It needs at least
+  ``world_size x max(1, workers)`` shards, one per reader; with fewer the loader refuses to start;
 * ``resampled``: every worker draws shards with replacement (a source is picked by its weight, then a
   shard uniformly within it), for weighted mixtures and endless streams; an epoch is then a nominal
   ``epoch_samples`` samples.
@@ -26,6 +29,15 @@ rotated so the DataLoader's round-robin continues where it stopped.
 from .decode import NEGATIVE_SAMPLING
 from .jpeg import DECODERS
 from .loader import StreamingLoader
+from .plan import shard_plan, split_shortfall
 from .stream import MODES, DataPipelineError
 
-__all__ = ["DECODERS", "MODES", "NEGATIVE_SAMPLING", "DataPipelineError", "StreamingLoader"]
+__all__ = [
+    "DECODERS",
+    "MODES",
+    "NEGATIVE_SAMPLING",
+    "DataPipelineError",
+    "StreamingLoader",
+    "shard_plan",
+    "split_shortfall",
+]

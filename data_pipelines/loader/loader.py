@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader
 
 from ..shards.specs import parse_sources
 from .decode import NEGATIVE_SAMPLING
+from .plan import split_shortfall
 from .stream import MODES, DataPipelineError, ShardStream
 
 log = logging.getLogger("data_pipelines")
@@ -50,7 +51,9 @@ class StreamingLoader:
         preprocess: image transform (e.g. open_clip's), PIL image -> tensor.
         tokenizer: open_clip tokenizer, list of strings -> LongTensor.
         batch_size: per rank.
-        mode: ``split`` or ``resampled``.
+        mode: ``split`` (every shard read once per epoch, dealt to ranks and workers by
+            :func:`~data_pipelines.loader.plan.shard_plan`; needs at least ``world_size x
+            max(1, num_workers)`` shards, else the loader refuses to start) or ``resampled``.
         weights: per source, ``resampled`` mode only.
         epochs: stop after this many epochs (None: endless).
         epoch_samples: nominal epoch length in ``resampled`` mode (default: the size of the data
@@ -132,15 +135,12 @@ class StreamingLoader:
             rank, world_size = _default_rank_world()
         self.sources = parse_sources(spec, weights)
         n_shards = sum(len(s.urls) for s in self.sources)
-        if mode == "split" and n_shards < world_size:
-            raise DataPipelineError(
-                f"{n_shards} shards cannot feed {world_size} ranks in split mode; "
-                "write more, smaller shards or use mode='resampled'"
-            )
-        if mode == "split" and n_shards < world_size * max(1, num_workers):
-            log.warning(
-                "%d shards for %d ranks x %d workers: some workers will be idle", n_shards, world_size, num_workers
-            )
+        if mode == "split":
+            # Every reader (rank x worker) needs a shard in every epoch: refuse now, with the numbers,
+            # rather than leave workers idle (or whole ranks without data).
+            shortfall = split_shortfall(n_shards, world_size=world_size, workers=num_workers)
+            if shortfall is not None:
+                raise DataPipelineError(shortfall)
         self.mode = mode
         self.batch_size = batch_size
         self.num_workers = num_workers

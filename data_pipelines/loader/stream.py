@@ -1,6 +1,7 @@
 """One rank's stream of batches (an ``IterableDataset``, iterated inside DataLoader workers).
 
-Which shards a worker reads (split or resampled), the shuffle buffer, and the batches (samples decoded
+Which shards a worker reads (split mode: its part of :func:`~data_pipelines.loader.plan.shard_plan`;
+resampled: drawn with replacement), the shuffle buffer, and the batches (samples decoded
 by :mod:`.decode`), each tagged with the worker's position in its raw stream so that
 :class:`~data_pipelines.loader.StreamingLoader` can resume exactly.
 """
@@ -20,6 +21,7 @@ from ..shards.reader import SkipCounter, SkipSample, iter_shard
 from ..shards.specs import Source, shard_name
 from .decode import SampleDecoder
 from .decode import stable_seed as _seed
+from .plan import rank_shards
 
 MODES = ("split", "resampled")
 # Shard draws in a row that give no sample before resampled mode gives up.
@@ -102,9 +104,18 @@ class ShardStream(IterableDataset):
     # -- which shards this worker reads
 
     def _split_urls(self, worker: int, workers: int) -> list[str]:
+        # This reader's part of the epoch's shard plan (:mod:`.plan`: shuffled with (seed, epoch), dealt
+        # to ranks, then to workers).
         urls = [u for s in self.sources for u in s.urls]
-        random.Random(_seed("shards", self.seed, self.epoch)).shuffle(urls)
-        return urls[self.rank :: self.world_size][worker::workers]
+        return rank_shards(
+            urls,
+            seed=self.seed,
+            epoch=self.epoch,
+            world_size=self.world_size,
+            workers=workers,
+            rank=self.rank,
+            worker=worker,
+        )
 
     def _resampled_urls(self, worker: int) -> Iterator[str]:
         rng = random.Random(_seed("resample", self.seed, self.epoch, self.rank, worker))
