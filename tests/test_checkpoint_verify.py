@@ -137,6 +137,84 @@ def test_resume_falls_back_and_a_named_damaged_checkpoint_stops_naming_the_file(
         resolve_resume(_config(tmp_path, "latest"), world=1)
 
 
+class _OneRank:
+    """What save_checkpoint asks of accelerate, for one process: it writes one weight file."""
+
+    is_main_process = True
+
+    def wait_for_everyone(self) -> None:
+        pass
+
+    def save_state(self, folder: str) -> None:
+        (Path(folder) / "model.safetensors").write_bytes(os.urandom(4096))
+
+
+def test_a_save_hashes_each_file_once(tmp_path, monkeypatch):
+    import vlp.checkpoint as checkpoint
+
+    hashed = []
+    digest = checkpoint.file_digest
+    monkeypatch.setattr(checkpoint, "file_digest", lambda path: hashed.append(Path(path).name) or digest(path))
+
+    def parts(folder: Path) -> None:
+        (folder / TRAINER_STATE).write_text(json.dumps({"step": 1}))
+
+    for step in (1, 2, 3):  # the third prunes the first: the sealed one is known good, not read again
+        hashed.clear()
+        checkpoint.save_checkpoint(_OneRank(), tmp_path, step, parts, keep_last=2)
+        assert sorted(hashed) == ["model.safetensors", TRAINER_STATE], (step, hashed)
+    assert [s for s, _ in list_checkpoints(tmp_path)] == [2, 3]
+
+
+def _resume_on_two_ranks(rank: int, port: int, root: str, resume: str, results) -> None:
+    import torch.distributed as dist
+
+    import vlp.checkpoint as checkpoint
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    hashed = []
+    digest = checkpoint.file_digest
+    checkpoint.file_digest = lambda path: hashed.append(path) or digest(path)
+    try:
+        got = str(resolve_resume(_config(Path(root), resume), world=1))
+    except TrainingError as exn:
+        got = f"TrainingError: {exn}"
+    results.put((rank, got, len(hashed)))
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("resume", ["latest", "named-damaged"])
+def test_at_resume_rank_0_reads_the_checkpoint_and_every_rank_takes_its_verdict(tmp_path, resume):
+    import torch.multiprocessing as mp
+
+    from tests.runs import free_port
+
+    for step in (2, 4):
+        fake_checkpoint(tmp_path, step)
+    flip_a_bit(tmp_path / "checkpoints/step_4/model.safetensors")
+    spec = "latest" if resume == "latest" else str(tmp_path / "checkpoints/step_4")
+    ctx = mp.get_context("spawn")
+    results = ctx.SimpleQueue()
+    port = free_port()
+    procs = [ctx.Process(target=_resume_on_two_ranks, args=(r, port, str(tmp_path), spec, results)) for r in (0, 1)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=120)
+    found = {}
+    while not results.empty():
+        rank, got, hashed = results.get()
+        found[rank] = (got, hashed)
+    assert set(found) == {0, 1}, found
+    assert found[0][0] == found[1][0]  # the same verdict on both ranks
+    if resume == "latest":
+        assert found[0][0] == str(tmp_path / "checkpoints/step_2")  # past the damaged step_4
+    else:
+        assert found[0][0].startswith("TrainingError:") and "does not match its checksum" in found[0][0]
+    assert found[0][1] > 0 and found[1][1] == 0  # only rank 0 read the bytes
+
+
 # ---------------------------------------------------------------------------- the collective watchdog
 
 

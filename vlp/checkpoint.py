@@ -187,13 +187,14 @@ def checkpoint_bytes(folder: str | os.PathLike) -> int:
 # ---------------------------------------------------------------------------- pruning and saving
 
 
-def prune_checkpoints(output_dir: str | os.PathLike, keep_last: int) -> list[Path]:
+def prune_checkpoints(output_dir: str | os.PathLike, keep_last: int, sealed: Path | None = None) -> list[Path]:
     """Delete all but the newest ``keep_last`` complete checkpoints, but never the newest one that
-    verifies (when the newer ones are damaged, it is kept too); returns the deleted ones."""
+    verifies (when the newer ones are damaged, it is kept too); returns the deleted ones. ``sealed``:
+    a checkpoint this process just hashed into its manifest, known good without reading it again."""
     found = list_checkpoints(output_dir)
     keep = {path for _, path in found[-keep_last:]}
     for _, path in reversed(found):  # usually stops at the newest, just sealed
-        if checkpoint_problem(path) is None:
+        if path == sealed or checkpoint_problem(path) is None:
             keep.add(path)
             break
     old = [path for _, path in found if path not in keep]
@@ -284,7 +285,7 @@ def save_checkpoint(
         except Exception as exn:  # noqa: BLE001
             shutil.rmtree(staging, ignore_errors=True)
             raise _write_error(exn, output_dir, final) from exn
-        prune_checkpoints(output_dir, keep_last)
+        prune_checkpoints(output_dir, keep_last, sealed=final)  # each file is hashed once per save
     accelerator.wait_for_everyone()
     return final
 

@@ -27,6 +27,10 @@ def world_size() -> int:
     return dist.get_world_size() if is_distributed() else 1
 
 
+def rank_of_process() -> int:
+    return dist.get_rank() if is_distributed() else 0
+
+
 def serves_cpu(group=None) -> bool:
     """Whether ``group`` (the default group when None) has a backend for CPU tensors."""
     return "cpu" in dist.get_backend_config(group)
@@ -83,6 +87,15 @@ def host_max(values: list[float]) -> list[float]:
     t = torch.tensor(values, dtype=torch.float64)
     dist.all_reduce(t, op=dist.ReduceOp.MAX, group=host_group())
     return t.tolist()
+
+
+def broadcast_object(obj: object, src: int = 0) -> object:
+    """Rank ``src``'s picklable ``obj`` on every rank (a collective of host objects)."""
+    if not is_distributed() or world_size() == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src, group=host_group())
+    return box[0]
 
 
 def any_rank(flag: bool) -> bool:

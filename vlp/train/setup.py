@@ -30,7 +30,7 @@ from ..checkpoint import (
     verify_checkpoint,
 )
 from ..config import Config, to_yaml
-from ..distributed import any_rank, world_size
+from ..distributed import any_rank, broadcast_object, is_distributed, rank_of_process, world_size
 from ..ema import EMATeacher
 from ..export import CONFIG_NAME
 from ..model import DualEncoder, build_model, count_parameters, param_groups
@@ -83,7 +83,29 @@ def _threads(cfg: Config) -> int:
 def resolve_resume(cfg: Config, world: int) -> Path | None:
     """The checkpoint to resume from (train.resume), verified against its manifest and checked to
     continue this run exactly. ``latest`` falls back past damaged checkpoints (each named in a
-    warning) to the newest good one; a named checkpoint that is damaged stops the run."""
+    warning) to the newest good one; a named checkpoint that is damaged stops the run.
+
+    Reading every byte of a checkpoint is the slow part (every rank of a 64-rank job reading the same
+    files from shared storage), so rank 0 decides and every other rank takes its verdict."""
+    return decided_on_main(lambda: _resolve_resume(cfg, world))
+
+
+def decided_on_main(decide: Callable[[], object]) -> object:
+    """``decide()`` on rank 0, its result (or its TrainingError) on every rank: a collective."""
+    result, error = None, None
+    if rank_of_process() == 0:
+        try:
+            result = decide()
+        except TrainingError as exn:
+            error = str(exn)
+    if is_distributed():
+        result, error = broadcast_object((result, error))
+    if error is not None:
+        raise TrainingError(error)
+    return result
+
+
+def _resolve_resume(cfg: Config, world: int) -> Path | None:
     t = cfg.train
     if t.resume == "":
         return None
