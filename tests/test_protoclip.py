@@ -175,3 +175,62 @@ def test_projection_heads_get_no_weight_decay():
     assert sorted(names[id(p)] for p in decay["params"]) == ["clip.proj.weight"]
     assert {names[id(p)] for p in no_decay["params"]} >= {"heads.image_head.0.weight", "heads.logit_scale"}
     assert decay["weight_decay"] == 0.2 and no_decay["weight_decay"] == 0.0
+
+
+def reference_lloyd(x: torch.Tensor, k: int, iters: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Lloyd's algorithm in float64 with the full N×K distance matrix (the pre-chunking code, one
+    process): the same seeded start and the same re-seeding of an empty cluster with the points
+    farthest from their updated centres. Returns (centroids, labels, clusters re-seeded)."""
+    xd = x.double()
+    centroids = xd[torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:k]].clone()
+    reseeded = 0
+    for _ in range(iters):
+        labels = torch.cdist(xd, centroids).argmin(1)
+        sums = torch.zeros_like(centroids).index_add_(0, labels, xd)
+        sizes = torch.bincount(labels, minlength=k).double()
+        filled = sizes > 0
+        centroids[filled] = sums[filled] / sizes[filled, None]
+        empty = (~filled).nonzero().flatten()
+        if len(empty):
+            distance = (xd - centroids[labels]).pow(2).sum(1)
+            centroids[empty] = xd[distance.topk(len(empty)).indices]
+            reseeded += len(empty)
+    return centroids, torch.cdist(xd, centroids).argmin(1), reseeded
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_chunked_fp32_assignment_gives_the_float64_nearest_centroid(dtype):
+    from vlp.protoclip.kmeans import assign
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(300, 8, generator=g).to(dtype)
+    centroids = torch.randn(40, 8, generator=g, dtype=torch.float64)
+    centroids[7] = 50.0  # nearest to no point: an empty cluster must not catch any row
+    reference = torch.cdist(x.double(), centroids).argmin(1)
+    chunk_bytes = 40 * 4 * 32  # 32 rows of fp32 scores per chunk: 10 chunks, the last one short
+    labels = assign(x, centroids, chunk_bytes=chunk_bytes)
+    assert torch.equal(labels, reference)
+    assert 7 not in labels.tolist() and len(labels.unique()) > 30
+    assert torch.equal(assign(x, centroids), reference)  # one chunk (the default bound) agrees too
+
+
+def test_kmeans_in_chunks_matches_a_float64_reference_lloyd(monkeypatch):
+    import vlp.protoclip.kmeans as km
+
+    monkeypatch.setattr(km, "CHUNK_BYTES", 1024)  # a few rows per chunk: many chunks per pass
+    g = torch.Generator().manual_seed(4)
+    centres = 20.0 * torch.randn(20, 8, generator=g)
+    separated = centres.repeat_interleave(15, 0) + 0.5 * torch.randn(300, 8, generator=g)
+    many = torch.randn(300, 8, generator=g)
+    cases = [  # (points, k, iters, seed, whether a cluster empties on the way)
+        (separated, 20, 10, 0, False),
+        (many, 60, 10, 1, False),
+        (separated, 30, 10, 4, True),  # 30 clusters on 20 blobs: one empties and is re-seeded
+        (duplicates(), 3, 10, 5, True),
+    ]
+    for i, (x, k, iters, seed, empties) in enumerate(cases):
+        ref_centroids, ref_labels, reseeded = reference_lloyd(x, k, iters, seed)
+        assert (reseeded > 0) == empties, (i, reseeded)
+        centroids, labels = km.kmeans(x, k, iters=iters, seed=seed)
+        assert torch.equal(labels, ref_labels), i
+        assert centroids.dtype == x.dtype and torch.allclose(centroids.double(), ref_centroids, atol=1e-6), i
