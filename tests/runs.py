@@ -37,6 +37,18 @@ def launch_cmd(launch_config: str, overrides: list[str]) -> list[str]:
     ]
 
 
+def machine_cmds(launch_config: str, overrides: list[str], machines: int = 2) -> list[list[str]]:
+    """One ``accelerate launch`` per "machine" (--num_machines, --machine_rank 0..n-1) on 127.0.0.1: the
+    standard multinode launcher of launch/slurm.sh, one process per machine."""
+    port = str(free_port())
+    base = [str(BIN / "accelerate"), "launch", "--config_file", str(REPO / "launch" / "accelerate" / launch_config)]
+    where = ["--num_machines", str(machines), "--num_processes", str(machines), "--main_process_ip", "127.0.0.1"]
+    return [
+        [*base, *where, "--main_process_port", port, "--machine_rank", str(r), "-m", "vlp.train", *overrides]
+        for r in range(machines)
+    ]
+
+
 def train_cmd(overrides: list[str]) -> list[str]:
     """One process, no launcher."""
     return [str(BIN / "vlp-train"), *overrides]

@@ -8,6 +8,8 @@ import stat
 import subprocess
 from pathlib import Path
 
+import torch
+
 from tests.runs import REPO
 
 
@@ -50,3 +52,32 @@ def test_slurm_script_keeps_overrides_with_spaces_whole(tmp_path):
     assert argv[-len(expected) :] == expected
     assert argv[argv.index("--num_processes") + 1] == "16" and argv[argv.index("--machine_rank") + 1] == "1"
     assert argv[argv.index("--main_process_ip") + 1] == "node-a"
+
+
+def _zero_config(name: str) -> dict:
+    return json.loads((REPO / "launch" / "deepspeed" / name).read_text())
+
+
+def test_deepspeed_configs_are_valid_and_tuned_for_gpus():
+    """DeepSpeed's own config models accept every JSON (they refuse unknown keys); the GPU configs
+    overlap the gradient reduce with backward in buckets smaller than ViT-B/32's gradients and reduce
+    in fp32 under bf16; the CPU configs keep what gloo needs."""
+    from deepspeed.runtime.config import get_communication_data_type
+    from deepspeed.runtime.zero.config import DeepSpeedZeroConfig
+
+    for name in ("zero1.json", "zero2.json", "zero3.json", "cpu_zero2.json", "cpu_zero3.json"):
+        DeepSpeedZeroConfig(**_zero_config(name)["zero_optimization"])
+    vitb32_params = 151_277_313
+    for name in ("zero2.json", "zero3.json"):
+        cfg = _zero_config(name)
+        zero = cfg["zero_optimization"]
+        assert zero["overlap_comm"] is True, name
+        assert zero["reduce_bucket_size"] * 2 <= vitb32_params, name  # several buckets: reduce overlaps backward
+        assert get_communication_data_type(cfg) == torch.float32, name
+    zero3 = _zero_config("zero3.json")["zero_optimization"]
+    assert zero3["stage3_prefetch_bucket_size"] > 0 and zero3["stage3_param_persistence_threshold"] > 0
+    assert _zero_config("cpu_zero2.json")["zero_optimization"]["overlap_comm"] is False
+    cpu_launch = (REPO / "launch/accelerate/cpu_deepspeed_zero2.yaml").read_text()
+    assert "launch/deepspeed/cpu_zero2.json" in cpu_launch
+    for gpu in ("gpu_zero2.yaml", "multinode_zero2.yaml"):
+        assert "launch/deepspeed/zero2.json" in (REPO / "launch/accelerate" / gpu).read_text()

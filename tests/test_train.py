@@ -15,7 +15,18 @@ import pytest
 import torch
 
 from tests.fault_hooks import environment
-from tests.runs import REPO, launch_cmd, max_diff, metrics, run, train_cmd, weights
+from tests.runs import (
+    REPO,
+    free_port,
+    launch_cmd,
+    machine_cmds,
+    max_diff,
+    metrics,
+    run,
+    run_together,
+    train_cmd,
+    weights,
+)
 from vlp.checkpoint import list_checkpoints
 
 pytestmark = pytest.mark.slow
@@ -128,6 +139,103 @@ def test_two_ranks_match_one_rank_with_twice_the_batch(zero2_run, train_shards, 
     first = f"step_{SAVE_EVERY}"
     diff = max_diff(weights(zero2_run / "checkpoints" / first), weights(out / "checkpoints" / first))
     assert diff < 1e-5, diff  # measured: 2.1e-6 single, 4.4e-6 DDP
+
+
+def test_two_machines_on_localhost_match_one_machine_and_their_checkpoint_resumes(zero2_run, train_shards, tmp_path):
+    """Two `accelerate launch` processes as machine ranks 0 and 1 (the multinode launcher of
+    launch/slurm.sh, over TCP on 127.0.0.1) train exactly as one machine with 2 processes; a
+    checkpoint of theirs continues on one machine."""
+    out = tmp_path / "two_machines"
+    procs = run_together(machine_cmds("cpu_multinode_zero2.yaml", common(train_shards, out)))
+    for proc in procs:
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    assert "DeepSpeed ZeRO-2, 2 process(es)" in procs[0].stdout
+    ref, got = metrics(zero2_run), metrics(out)
+    assert sorted(got) == list(range(1, MAX_STEPS + 1))
+    for step in got:
+        assert abs(ref[step]["loss"] - got[step]["loss"]) <= 1e-5, (step, ref[step]["loss"], got[step]["loss"])
+    resumed = tmp_path / "resumed_on_one_machine"
+    ckpt = out / "checkpoints" / f"step_{2 * SAVE_EVERY}"
+    proc = run(launch_cmd("cpu_deepspeed_zero2.yaml", [*common(train_shards, resumed), f"train.resume={ckpt}"]))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    got = metrics(resumed)
+    assert sorted(got) == list(range(2 * SAVE_EVERY + 1, MAX_STEPS + 1))
+    for step in got:
+        assert abs(ref[step]["loss"] - got[step]["loss"]) <= 1e-5, step
+
+
+FAKE_SRUN = r"""#!/usr/bin/env bash
+# A fake srun: the job step's command once per node ($SLURM_NNODES), each a local process with its own
+# SLURM_NODEID, as slurmstepd starts tasks; SIGTERM (SLURM's --signal) is passed on to every task.
+while [[ "$1" == --* ]]; do shift; done
+echo $$ > "$FAKE_SRUN_PID"  # SLURM signals the job step, not the batch script: the test signals this
+pids=()
+for ((node = 0; node < SLURM_NNODES; node++)); do SLURM_NODEID=$node "$@" & pids+=($!); done
+trap 'kill -TERM "${pids[@]}" 2>/dev/null' TERM
+status=0
+for pid in "${pids[@]}"; do
+    while :; do
+        wait "$pid"; code=$?
+        kill -0 "$pid" 2>/dev/null || break  # a trapped signal interrupts wait: wait again
+    done
+    [ "$code" -ne 0 ] && status=$code
+done
+exit $status
+"""
+
+
+def test_slurm_script_runs_two_nodes_survives_preemption_and_the_requeued_job_continues(
+    zero2_run, train_shards, tmp_path
+):
+    """launch/slurm.sh for real under a fake srun/scontrol: two "nodes" on 127.0.0.1 (the CPU copy of
+    the multinode config), a SIGTERM as SLURM's --signal sends it, a checkpoint, then the requeued job
+    (the same command) continues to the end with the losses of the uninterrupted one-machine run."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, body in (("srun", FAKE_SRUN), ("scontrol", "#!/usr/bin/env bash\necho 127.0.0.1\necho 127.0.0.1\n")):
+        (bin_dir / name).write_text(body)
+        (bin_dir / name).chmod(0o755)
+    out = tmp_path / "slurm"
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(f"output_dir: {out}\n")  # everything else from the overrides, as zero2_run
+    env = {
+        **os.environ,
+        "PATH": f"{bin_dir}:{Path(os.sys.executable).parent}:{os.environ['PATH']}",
+        "SLURM_JOB_NODELIST": "localhost",
+        "SLURM_NNODES": "2",
+        "GPUS_PER_NODE": "1",
+        "VLP_LAUNCH_CONFIG": "launch/accelerate/cpu_multinode_zero2.yaml",
+        "MASTER_PORT": str(free_port()),
+        "FAKE_SRUN_PID": str(tmp_path / "srun.pid"),
+    }
+    cmd = ["bash", str(REPO / "launch/slurm.sh"), str(recipe), *common(train_shards, out), "train.save_every=100"]
+    job = subprocess.Popen(
+        cmd,
+        cwd=REPO,
+        env={**environment(step_sleep=0.5), **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    deadline = time.time() + 240
+    while time.time() < deadline and job.poll() is None:
+        if (out / "metrics.jsonl").is_file() and len(metrics(out)) >= 3:
+            break
+        time.sleep(0.2)
+    assert job.poll() is None, "the job ended before it could be preempted"
+    os.kill(int((tmp_path / "srun.pid").read_text()), signal.SIGTERM)  # as --signal=TERM@120 does
+    output, _ = job.communicate(timeout=180)
+    assert "stopped by a signal" in output, output[-4000:]
+    ((stopped_at, _),) = list_checkpoints(out)
+    assert 3 <= stopped_at < MAX_STEPS and max(metrics(out)) == stopped_at
+    env["MASTER_PORT"] = str(free_port())
+    requeued = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert requeued.returncode == 0, requeued.stdout[-3000:] + requeued.stderr[-5000:]
+    assert f"resuming from {out / 'checkpoints' / f'step_{stopped_at}'}" in requeued.stdout
+    ref, got = metrics(zero2_run), metrics(out)
+    assert sorted(got) == list(range(1, MAX_STEPS + 1))
+    for step in got:
+        assert abs(ref[step]["loss"] - got[step]["loss"]) <= 1e-5, step
 
 
 def test_resume_from_step_k_logs_the_same_losses(zero2_run, train_shards, tmp_path):
