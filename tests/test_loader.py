@@ -130,6 +130,26 @@ def test_workers_run_at_the_niceness_asked(world, preprocess, tokenizer):
         loader(world / "train", preprocess, tokenizer, worker_nice=-1)
 
 
+def test_workers_persist_across_epochs(world, preprocess, tokenizer, tmp_path):
+    """The DataLoader's workers are started once and serve every epoch (no fork and import per epoch);
+    each epoch still reads every sample once, in a new order."""
+    pids = tmp_path / "pids"
+
+    def recorded(image):  # runs in the worker
+        with open(pids, "a") as f:
+            f.write(f"{os.getpid()}\n")
+        return preprocess(image)
+
+    ld = loader(world / "train", recorded, tokenizer, num_workers=2, epochs=3)
+    per_epoch: dict[int, list[str]] = {0: [], 1: [], 2: []}
+    for batch in ld:
+        per_epoch[ld.epoch] += batch["key"]
+    assert len(set(pids.read_text().split())) == 2  # not 2 per epoch
+    expected = all_train_keys(world)
+    assert all(sorted(keys) == expected for keys in per_epoch.values())
+    assert per_epoch[0] != per_epoch[1] != per_epoch[2]
+
+
 @pytest.mark.parametrize(
     "num_workers,consumed,neighbours", [(0, 7, False), (2, 9, False), (3, 4, False), (2, 35, False), (2, 30, True)]
 )

@@ -116,6 +116,7 @@ class StreamingLoader:
         read_retries: int = 3,
         retry_backoff_s: float = 1.0,
         decoder: str = "pil",
+        pin_memory: bool = False,
     ):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -149,6 +150,8 @@ class StreamingLoader:
         self.world_size = world_size
         self.epochs = epochs
         self.prefetch_factor = prefetch_factor
+        self.pin_memory = pin_memory
+        self._loader: DataLoader | None = None  # made once: its workers persist across epochs
         self.worker_nice = worker_nice
         batches_per_worker = None
         if mode == "resampled":
@@ -246,18 +249,25 @@ class StreamingLoader:
 
     def _epoch_batches(self) -> Iterator[dict[str, Any]]:
         ds = self.dataset
-        ds.epoch = self.epoch
-        ds.start_positions = dict(self._positions)
         workers = max(1, self.num_workers)
-        ds.rotation = self._next_worker % workers
+        where = (self.epoch, self._next_worker % workers, dict(self._positions))
+        ds.epoch, ds.rotation, ds.start_positions = where
         if self.num_workers:
-            loader = DataLoader(
-                ds,
-                batch_size=None,
-                num_workers=self.num_workers,
-                prefetch_factor=self.prefetch_factor,
-                worker_init_fn=functools.partial(_init_worker, self.worker_nice),
-            )
+            if self._loader is None:
+                # Persistent workers: an epoch (or an exact resume) starts without forking and importing
+                # again; each iteration reads where to start from the dataset's shared position.
+                ds.share_position(self.num_workers)
+                self._loader = DataLoader(
+                    ds,
+                    batch_size=None,
+                    num_workers=self.num_workers,
+                    prefetch_factor=self.prefetch_factor,
+                    worker_init_fn=functools.partial(_init_worker, self.worker_nice),
+                    persistent_workers=True,
+                    pin_memory=self.pin_memory,  # pinned batches copy to the GPU without blocking the host
+                )
+            ds.set_position(*where)
+            loader = self._loader
         else:
             loader = ds
         for batch, meta in loader:

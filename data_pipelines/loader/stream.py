@@ -8,6 +8,7 @@ by :mod:`.decode`), each tagged with the worker's position in its raw stream so 
 
 from __future__ import annotations
 
+import multiprocessing
 import random
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -100,6 +101,9 @@ class ShardStream(IterableDataset):
         self.epoch = 0
         self.rotation = 0
         self.start_positions: dict[int, int] = {}
+        # With persistent DataLoader workers the main process cannot reassign these attributes in the
+        # workers' copies: they read them from this shared array at the start of every iteration.
+        self._shared: Any = None
 
     # -- which shards this worker reads
 
@@ -151,8 +155,22 @@ class ShardStream(IterableDataset):
         where = () if self.mode == "split" else (self.rank, worker, pos)
         return _seed("sample", self.seed, self.epoch, shard_name(sample["__url__"]), sample["__key__"], *where)
 
+    def share_position(self, workers: int) -> None:
+        """Make (epoch, rotation, each worker's start) shared with worker processes made from now on."""
+        self._shared = multiprocessing.RawArray("q", 2 + workers)
+
+    def set_position(self, epoch: int, rotation: int, start_positions: dict[int, int]) -> None:
+        """Where the next iteration starts, in every worker (before ``iter(DataLoader)``)."""
+        self._shared[0], self._shared[1] = epoch, rotation
+        for w in range(len(self._shared) - 2):
+            self._shared[2 + w] = start_positions.get(w, 0)
+
     def __iter__(self) -> Iterator[tuple[dict[str, Any], _BatchMeta]]:
         info = get_worker_info()
+        if self._shared is not None and info is not None:
+            shared = list(self._shared)
+            self.epoch, self.rotation = shared[0], shared[1]
+            self.start_positions = {w: p for w, p in enumerate(shared[2:]) if p}
         physical, workers = (info.id, info.num_workers) if info is not None else (0, 1)
         worker = (physical + self.rotation) % workers
         counter = SkipCounter(f" (rank {self.rank}, worker {worker})")

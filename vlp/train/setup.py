@@ -234,6 +234,7 @@ def build_run(cfg: Config) -> Run:
         drop_last=True,
         num_workers=d.workers,
         worker_nice=nice,
+        pin_memory=backend.device.type == "cuda",
         **stream,
         **content,
     )
