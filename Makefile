@@ -15,7 +15,7 @@ DATA   ?= data/shapes
 help:
 	@echo "make demo   generate the shapes world, train a tiny CLIP under DeepSpeed ZeRO-2 (2 CPU processes), export it"
 	@echo "make test   run the test suite (and ruff)"
-	@echo "make faults inject faults into real runs (kill -9, damaged checkpoints, a full disk, stalled ranks; ~10 min, root)"
+	@echo "make faults inject faults into real runs (kill -9, damaged checkpoints, a full disk, stalled ranks; ~5 min, root; CI runs it after make test)"
 	@echo "make bench  run the benchmarks in benchmarks/"
 	@echo "make study STUDY=main   run (or resume) configs/studies/STUDY.yaml after make demo"
 
@@ -69,6 +69,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/objectives.py
 	$(BIN)/python benchmarks/eval.py
 	$(BIN)/python benchmarks/memory.py
+	$(BIN)/python benchmarks/kmeans_memory.py
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache

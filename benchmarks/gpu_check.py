@@ -20,6 +20,17 @@ and the data_time share (median time blocked on the loader / median step time), 
 * Every run has a timeout (its process group is killed) and the whole check a budget (``--budget-s``,
   8 minutes by default): a configuration that does not fit is recorded as skipped, not waited for.
 
+After those, the hot loop (issue: no host sync and no collective beyond the engine's on a step that
+neither logs, evaluates nor saves):
+
+* ``hot loop``: vlp ZeRO-2 with one process group initialised over NCCL (DeepSpeed initialises it even
+  for one process: the setup that, read against the libraries, crashed before collectives moved to the
+  device), logging only at the first and last steps, under ``torch.cuda.set_sync_debug_mode("warn")``:
+  every synchronising CUDA call is counted per step and charged to its caller (the engine, the loss,
+  the loader or the trainer), and steps/s is measured between the first and the last step's records;
+  set against the same rate of the ZeRO-2 run above, which logs (and so syncs) every step.
+* ``2 ranks``: where more than one GPU is present, vlp ZeRO-2 on two of them (NCCL across devices).
+
 ``--dry-run`` runs the same code on the CPU (GPUs hidden) with the tiny ViT (configs/models/
 vlp-tiny-vit.json, 64 px), 4 steps of batch 8 in fp32 and three configurations (vlp DDP with the first
 decoder, vlp ZeRO-2 with the last, and open_clip), so that the check is known to work before a GPU is lent.
@@ -79,6 +90,8 @@ OPEN_CLIP_TABLE_GFLOPS = {"ViT-B-32": {"gflops": 14.78, "image_gflops": 8.82, "t
 
 # The configurations: (name, trainer, backend); vlp ones run once per decoder.
 BACKENDS = {"ddp": ("DDP", "ddp"), "zero2": ("ZeRO-2", "zero2")}
+# Runs after the comparison: (label, processes, sync audit with quiet logging), all under ZeRO-2.
+EXTRA_RUNS = {"hot_loop": ("ZeRO-2 hot loop, sync audit", 1, True), "zero2x2": ("ZeRO-2, 2 ranks", 2, False)}
 LAUNCH_CONFIGS = {
     ("ddp", "gpu"): "gpu_ddp.yaml",
     ("zero2", "gpu"): "gpu_zero2.yaml",
@@ -139,6 +152,72 @@ finally:
     with open(record_path, "w") as f:
         json.dump({"loader_wait_s": waits, "peak_memory_mb": peak}, f)
 '''
+# The hot loop's sync audit, loaded by the trainer through VLP_TRAIN_HOOKS (vlp/train/hooks.py).
+SYNC_AUDIT = r'''
+import json, os, sys, warnings
+from collections import Counter, defaultdict
+import torch
+from vlp.train.hooks import TrainHooks
+
+ENGINE = ("deepspeed/", "accelerate/", "torch/autograd/", "torch/optim/")
+
+
+def owner(frame):
+    """Who asked for the sync: walking out from the call, the loss, the loader or the engine when one
+    of their frames comes first, else the trainer (its innermost vlp line), else other."""
+    while frame is not None:
+        path = frame.f_code.co_filename.replace(os.sep, "/")
+        if "/vlp/objectives/" in path:
+            return "loss", None
+        if "/data_pipelines/" in path:
+            return "data", None
+        if any(part in path for part in ENGINE):
+            return "engine", None
+        if "/vlp/" in path:
+            return "trainer", f"{path.rsplit('/vlp/', 1)[-1]}:{frame.f_lineno}"
+        frame = frame.f_back
+    return "other", None
+
+
+class SyncAudit(TrainHooks):
+    def __init__(self):
+        self.step, self.counts, self.where = 0, defaultdict(Counter), Counter()
+        self.cuda = torch.cuda.is_available()
+        if self.cuda:
+            torch.cuda.set_sync_debug_mode("warn")
+            warnings.simplefilter("always", UserWarning)
+            shown = warnings.showwarning
+
+            def count(message, category, filename, lineno, file=None, line=None):
+                if "synchroniz" not in str(message):
+                    return shown(message, category, filename, lineno, file, line)
+                who, where = owner(sys._getframe(1))
+                self.counts[self.step][who] += 1
+                if where:
+                    self.where[where] += 1
+
+            warnings.showwarning = count
+
+    def loss(self, step, loss):
+        self.step = step
+        return loss
+
+
+def write(audit, path):
+    state = {"cuda": audit.cuda, "per_step": {str(k): dict(v) for k, v in sorted(audit.counts.items())},
+             "trainer_sites": dict(audit.where.most_common(20))}
+    with open(path, "w") as f:
+        json.dump(state, f)
+
+
+class Audit(SyncAudit):
+    def __init__(self):
+        super().__init__()
+        import atexit
+        if int(os.environ.get("RANK", "0")) == 0:
+            atexit.register(write, self, os.environ["VLP_SYNC_AUDIT_OUT"])
+'''
+
 OPEN_CLIP_STEP = re.compile(r"Data \(t\): ([0-9.]+) Batch \(t\): ([0-9.]+), ([0-9.eE+]+)/s")
 
 
@@ -195,6 +274,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--vlp-set", action="append", default=[], metavar="KEY=VALUE", help="extra vlp override (repeatable)"
     )
     p.add_argument("--keep-work", action="store_true", help="keep the work folder (corpus, run folders, logs)")
+    p.add_argument(
+        "--gpus",
+        type=int,
+        default=None,
+        help="devices for the 2-rank run (default: torch.cuda.device_count(); dry run 2)",
+    )
     args = p.parse_args(argv)
     dry = args.dry_run
     defaults = {
@@ -212,6 +297,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     for key, value in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
+    if args.gpus is None:
+        if dry:
+            args.gpus = 2  # the 2-rank run on 2 CPU processes, so that the dry run covers it
+        else:
+            import torch
+
+            args.gpus = torch.cuda.device_count()
     if args.warmup >= args.steps:
         p.error(f"--warmup ({args.warmup}) must be below --steps ({args.steps})")
     return args
@@ -239,6 +331,14 @@ def plan_runs(args: argparse.Namespace, notes: list[str]) -> list[dict]:
         notes.append("dry run: 3 configurations (open_clip, vlp DDP, vlp ZeRO-2) instead of every backend x decoder")
     else:  # the peer first: were the budget to run out, the ratios still have their denominator
         wanted = ["open_clip"] + [f"{b}:{d}" for b in BACKENDS for d in decoders]
+    if not args.runs:
+        # the decoder of a ZeRO-2 run above, whose steps/s logging every step it is set against
+        decoder = decoders[-1] if args.dry_run else decoders[0]
+        wanted.append(f"hot_loop:{decoder}")
+        if args.gpus > 1:
+            wanted.append(f"zero2x2:{decoder}")
+        else:
+            notes.append("one device: the 2-rank run needs two GPUs and was not planned")
     runs = []
     for item in wanted:
         if item == "open_clip":
@@ -252,16 +352,21 @@ def plan_runs(args: argparse.Namespace, notes: list[str]) -> list[dict]:
             )
             continue
         backend, _, decoder = item.partition(":")
-        if backend not in BACKENDS:
-            raise CheckError(f"unknown configuration {item!r}: use ddp:DECODER, zero2:DECODER or open_clip")
+        if backend not in BACKENDS and backend not in EXTRA_RUNS:
+            raise CheckError(
+                f"unknown configuration {item!r}: use ddp:DECODER, zero2:DECODER, hot_loop:DECODER, "
+                "zero2x2:DECODER or open_clip"
+            )
         decoder = None if decoder in ("", "None", "default") or decoders == [None] else decoder
-        label = BACKENDS[backend][0]
+        label, processes, audit = EXTRA_RUNS.get(backend, (BACKENDS.get(backend, ("",))[0], 1, False))
         runs.append(
             {
                 "name": f"vlp {label} ({decoder or 'default decoder'})",
                 "trainer": "vlp",
-                "backend": backend,
+                "backend": "zero2" if backend in EXTRA_RUNS else backend,
                 "decoder": decoder,
+                "processes": processes,
+                "audit": audit,
             }
         )
     return runs
@@ -440,7 +545,7 @@ def vlp_command(args: argparse.Namespace, run: dict, shards: Path, out: Path, de
         f"train.max_steps={args.steps}",
         f"train.warmup_steps={args.warmup}",
         f"train.precision={args.precision}",
-        "train.log_every=1",
+        f"train.log_every={10 * args.steps if run.get('audit') else 1}",  # audit: the first and last step only
         f"train.save_every={10 * args.steps}",  # none during the run; the final one is written after the last step
         "train.keep_last=1",
         "eval.zeroshot=[]",
@@ -455,7 +560,7 @@ def vlp_command(args: argparse.Namespace, run: dict, shards: Path, out: Path, de
         "--config_file",
         str(launch),
         "--num_processes",
-        "1",
+        str(run.get("processes", 1)),
         "--main_process_port",
         str(free_port()),
         "-m",
@@ -470,6 +575,16 @@ def measure_vlp(args, run: dict, shards: Path, work: Path, device_kind: str, env
     out = work / run["slug"]
     cmd = vlp_command(args, run, shards, out, device_kind)
     log = work / f"{run['slug']}.log"
+    audit_file = work / f"{run['slug']}_syncs.json"
+    if run.get("audit"):
+        (work / "gpu_sync_audit.py").write_text(SYNC_AUDIT)
+        path = os.pathsep.join(p for p in (str(work), str(REPO), env.get("PYTHONPATH", "")) if p)
+        env = {
+            **env,
+            "PYTHONPATH": path,
+            "VLP_TRAIN_HOOKS": "gpu_sync_audit:Audit",
+            "VLP_SYNC_AUDIT_OUT": str(audit_file),
+        }
     rc, seconds = run_logged(cmd, log, timeout, env, REPO)
     result = {"command": shlex.join(cmd), "wall_s": round(seconds, 1)}
     text = _tail(log, 10**7)
@@ -483,6 +598,8 @@ def measure_vlp(args, run: dict, shards: Path, work: Path, device_kind: str, env
     metrics = out / "metrics.jsonl"
     records = [json.loads(line) for line in metrics.read_text().splitlines()] if metrics.exists() else []
     records = [r for r in records if "samples_per_s" in r]
+    if run.get("audit"):
+        return {**result, **audit_result(args, records, audit_file, log)}
     if len(records) < args.steps:
         return {**result, "status": f"only {len(records)} of {args.steps} step records", "log_tail": _tail(log)}
     kept = steady(records, args.warmup)
@@ -504,6 +621,44 @@ def measure_vlp(args, run: dict, shards: Path, work: Path, device_kind: str, env
         "peak_memory_mb": max(r.get("peak_memory_mb") or 0.0 for r in records),
         "loader_images_per_s": median_of("loader_images_per_s"),
         "loader_images_per_core_s": median_of("loader_images_per_core_s"),
+        "steps_per_s_wall": steps_per_s(records),
+    }
+
+
+def steps_per_s(records: list[dict]) -> float | None:
+    """Steps per second between the first and the last step's records (their wall-clock ``time``):
+    what a run with sparse logging can be measured by, and a run that logs every step alike."""
+    if len(records) < 2 or records[-1]["time"] <= records[0]["time"]:
+        return None
+    return (records[-1]["step"] - records[0]["step"]) / (records[-1]["time"] - records[0]["time"])
+
+
+def audit_result(args: argparse.Namespace, records: list[dict], audit_file: Path, log: Path) -> dict:
+    """The hot-loop run: steps/s with logging at the first and last step only, and the synchronising CUDA
+    calls per step that neither logs nor saves (2 .. steps-1), by owner."""
+    if [r["step"] for r in records] != [1, args.steps]:
+        return {"status": f"expected records at steps 1 and {args.steps}", "log_tail": _tail(log)}
+    if not audit_file.exists():
+        return {"status": "the sync audit wrote nothing (hook not loaded?)", "log_tail": _tail(log)}
+    audit = json.loads(audit_file.read_text())
+    quiet = [str(s) for s in range(2, args.steps)]
+    by_owner: dict[str, int] = {}
+    for step in quiet:
+        for who, n in audit["per_step"].get(step, {}).items():
+            by_owner[who] = by_owner.get(who, 0) + n
+    return {
+        "status": "ok",
+        "steps_per_s_wall": steps_per_s(records),
+        "samples_per_s": records[-1]["samples_per_s"],
+        "peak_memory_mb": max(r.get("peak_memory_mb") or 0.0 for r in records),
+        "data_time_share": records[-1]["data_share"],
+        "steps_measured": len(quiet),
+        "sync_audit": {
+            "cuda_sync_debug_mode": audit["cuda"],
+            "syncs_per_quiet_step_by_owner": {k: v / len(quiet) for k, v in sorted(by_owner.items())},
+            "trainer_syncs_per_quiet_step": by_owner.get("trainer", 0) / len(quiet),
+            "trainer_sites": audit["trainer_sites"],
+        },
     }
 
 
@@ -628,11 +783,32 @@ def finish_rows(runs: list[dict], flops: dict, device: dict) -> None:
     for r in runs:
         sps = r.get("samples_per_s")
         r["ratio_vs_open_clip"] = sps / peer["samples_per_s"] if sps and peer and r is not peer else None
+    # The hot loop against the same backend and decoder logging every step: what logging costs.
+    for r in runs:
+        if r.get("audit") and r.get("steps_per_s_wall"):
+            logged = next(
+                (
+                    o
+                    for o in runs
+                    if o.get("backend") == "zero2"
+                    and o.get("decoder") == r.get("decoder")
+                    and not o.get("audit")
+                    and o.get("processes", 1) == 1
+                    and o.get("steps_per_s_wall")
+                ),
+                None,
+            )
+            r["steps_per_s_logging_every_step"] = logged["steps_per_s_wall"] if logged else None
+            r["ratio_quiet_vs_logging"] = r["steps_per_s_wall"] / logged["steps_per_s_wall"] if logged else None
 
 
 def headline(runs: list[dict]) -> dict | None:
     """The fastest vlp configuration against open_clip's trainer."""
-    ours = [r for r in runs if r["trainer"] == "vlp" and r.get("samples_per_s")]
+    ours = [
+        r
+        for r in runs
+        if r["trainer"] == "vlp" and r.get("samples_per_s") and not r.get("audit") and r.get("processes", 1) == 1
+    ]
     peer = next((r for r in runs if r["trainer"] == "open_clip" and r.get("samples_per_s")), None)
     if not ours:
         return None
@@ -692,6 +868,18 @@ def markdown(result: dict) -> str:
         markdown_table(table_rows(result["runs"]), COLUMNS),
         "",
     ]
+    for r in result["runs"]:
+        audit = r.get("sync_audit")
+        if audit:
+            owners = ", ".join(f"{k} {v:.2f}" for k, v in audit["syncs_per_quiet_step_by_owner"].items()) or "none"
+            lines.append(
+                f"Hot loop ({r['name']}): synchronising CUDA calls per step that neither logs nor saves: {owners} "
+                f"(sync debug mode {'on' if audit['cuda_sync_debug_mode'] else 'unavailable: CPU'}); "
+                f"{_fmt(r.get('steps_per_s_wall'), 2)} steps/s logging at the first and last step against "
+                f"{_fmt(r.get('steps_per_s_logging_every_step'), 2)} logging every step "
+                f"(ratio {_fmt(r.get('ratio_quiet_vs_logging'), 3)})."
+            )
+            lines.append("")
     lines += [f"- {n}" for n in result["notes"]]
     return "\n".join(lines) + "\n"
 
@@ -802,7 +990,8 @@ def main(argv: list[str] | None = None) -> int:
                 "batch_size": args.batch_size,
                 "workers": args.workers,
                 "precision": args.precision,
-                "processes": 1,
+                "processes": "1 (the 2-rank run: 2)",
+                "gpus": args.gpus,
                 "decoders": args.decoders,
                 "decoder_key": decoder_key_exists(),
                 "vlp_set": args.vlp_set,

@@ -102,12 +102,21 @@ def test_dry_run_measures_every_configuration(tmp_path):
     assert result["dry_run"] and result["machine"]["cores"]
     assert result["flops"]["train_gflops_per_sample"] > 0
     assert result["flops"]["train_gflops_per_sample"] == pytest.approx(3 * result["flops"]["forward_gflops"], rel=1e-3)
-    runs = result["runs"]
+    runs, (hot, two) = result["runs"][:3], result["runs"][3:]
     assert [r["trainer"] for r in runs] == ["open_clip", "vlp", "vlp"]
     assert [r.get("backend") for r in runs[1:]] == ["ddp", "zero2"]
     if result["settings"]["decoder_key"]:
         assert [r["decoder"] for r in runs[1:]] == ["fast", "device"]  # the GPU decode path off, then on
     assert "DeepSpeed ZeRO-2, 1 process(es)" in runs[2]["backend_reported"]
+    # The hot loop: logging at the first and last step only, its sync audit loaded (CUDA's sync debug
+    # mode has nothing to count on a CPU), steps/s set against the ZeRO-2 run that logs every step.
+    assert hot["status"] == "ok" and hot["audit"] and "DeepSpeed ZeRO-2, 1 process(es)" in hot["backend_reported"]
+    assert hot["sync_audit"]["cuda_sync_debug_mode"] is False and hot["steps_measured"] == 1
+    assert hot["steps_per_s_wall"] > 0 and hot["steps_per_s_logging_every_step"] == runs[2]["steps_per_s_wall"]
+    assert hot["ratio_quiet_vs_logging"] == pytest.approx(hot["steps_per_s_wall"] / runs[2]["steps_per_s_wall"])
+    # Two ranks (two CPU processes here; two GPUs where the check runs for real).
+    assert two["status"] == "ok" and "DeepSpeed ZeRO-2, 2 process(es)" in two["backend_reported"]
+    assert "Hot loop (" in (out / "gpu_check.md").read_text()
     for r in runs:
         assert r["status"] == "ok", r
         assert r["samples_per_s"] > 0
@@ -121,6 +130,6 @@ def test_dry_run_measures_every_configuration(tmp_path):
     assert result["headline"]["best_vlp"] in {r["name"] for r in runs[1:]}
 
     table = (out / "gpu_check.md").read_text()
-    for r in runs:
+    for r in [*runs, hot, two]:
         assert f"| {r['name']} |" in table
     assert "| configuration | samples/s | MFU % |" in table
