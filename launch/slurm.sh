@@ -8,8 +8,8 @@
 # them TORCH_ELASTIC_SHUTDOWN_TIMEOUT seconds later (torch's default: 30; set to 100 below). A worker
 # acts on the signal at the ranks' next agreement, at most train.agree_every steps later, then writes
 # a checkpoint and exits 0. So:  agree_every x step time + one save  <  100 s  <  120 s  (the 20 s
-# left cover the signal's delivery and the agent's own exit). ViT-B/32 on H200s: 10 x ~0.3 s + a save
-# of ~2 GB (docs/scaling.md). The requeued job continues with train.resume=latest (set below).
+# left cover the signal's delivery and the agent's own exit). ViT-B/32 on 64 H200s: 10 x 30-60 ms of
+# steps + a 2.1 GB save, about 3-7 s (docs/scaling.md). The requeued job continues with train.resume=latest (set below).
 #
 # VLP_LAUNCH_CONFIG chooses the accelerate config (default: launch/accelerate/multinode_zero2.yaml;
 # tests/test_launch.py runs this script with the CPU copy under a fake srun, GPUS_PER_NODE=1).

@@ -147,9 +147,7 @@ class Backend:
         moments and its step count untouched, without the host ever reading the flag."""
         optimizer.found_inf = nonfinite.float()
 
-    def backward_and_step(
-        self, loss_for: Callable[[int], torch.Tensor], passes: int = 1
-    ) -> bool | torch.Tensor:
+    def backward_and_step(self, loss_for: Callable[[int], torch.Tensor], passes: int = 1) -> bool | torch.Tensor:
         """Back-propagate ``loss_for(j)`` for j < passes (the gradients add up), then one optimizer
         step. Returns whether the step reached the weights: a host bool where the engine already read
         it (DeepSpeed's overflow check, the fp16 grad scaler), else a 0-dim bool tensor on the device,
