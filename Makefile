@@ -70,6 +70,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/eval.py
 	$(BIN)/python benchmarks/memory.py
 	$(BIN)/python benchmarks/kmeans_memory.py
+	$(BIN)/python benchmarks/comm_bytes.py
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache
