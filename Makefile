@@ -10,12 +10,13 @@ TORCH  ?= torch==2.14.1 torchvision==0.29.1
 STAMP  := $(VENV)/.installed
 DATA   ?= data/shapes
 
-.PHONY: demo test faults lint bench clean help study browser
+.PHONY: demo test faults scale lint bench clean help study browser
 
 help:
 	@echo "make demo   generate the shapes world, train a tiny CLIP under DeepSpeed ZeRO-2 (2 CPU processes), export it"
 	@echo "make test   run the test suite (and ruff)"
 	@echo "make faults inject faults into real runs (kill -9, damaged checkpoints, a full disk, stalled ranks; ~5 min, root; CI runs it after make test)"
+	@echo "make scale  the hot loop's collective/sync budget and launch/slurm.sh under a fake srun (~6 min; CI runs it)"
 	@echo "make bench  run the benchmarks in benchmarks/"
 	@echo "make study STUDY=main   run (or resume) configs/studies/STUDY.yaml after make demo"
 
@@ -56,7 +57,13 @@ browser:
 
 test: $(STAMP) browser
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q -m "not faults" tests
+	$(BIN)/python -m pytest -q -m "not faults and not scale" tests
+
+# Slower multi-process checks of issue 23 (README "Launching at scale"): the per-step collective and
+# host-sync budget of the hot loop (tests/test_hot_loop.py) and launch/slurm.sh through preemption and
+# requeue under a fake srun. CI runs them after make test.
+scale: $(STAMP)
+	$(BIN)/python -m pytest -q -m scale tests
 
 # Runs with injected faults (README "Faults and recovery"); the full-disk test mounts a tmpfs (root).
 faults: $(STAMP)

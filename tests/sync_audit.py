@@ -17,7 +17,8 @@ Python stack at the call:
 An event belongs to the step whose loss hook ran last: step s runs from its loss (after its forward)
 to the next step's loss, so its backward, its agreement, logging and saving, and the next forward are
 its own. Each rank writes ``DIR/rank<R>.json`` at exit: per step, the trainer's events by name, and
-counts by owner.
+counts by owner. Functions DeepSpeed bound before the hooks loaded (its all-gather of partitions) are
+not seen: they are the engine's, and vlp's own code looks collectives up at each call.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ COLLECTIVES = (
     "all_reduce",
     "all_gather",
     "all_gather_into_tensor",
+    "all_gather_single",
     "all_gather_object",
     "reduce_scatter",
     "reduce_scatter_tensor",
@@ -102,17 +104,18 @@ class Audit(TrainHooks):
     def _wrap(self, fn, label: str):
         @functools.wraps(fn)
         def counted(*args, **kwargs):
-            if not self._inside:  # count the outermost call only (e.g. tolist inside a wrapper)
-                self._inside = True
-                try:
-                    owner = _owner(sys._getframe(1))
-                finally:
-                    self._inside = False
+            if self._inside:  # count the outermost call only (a collective that calls another)
+                return fn(*args, **kwargs)
+            self._inside = True
+            try:
+                owner = _owner(sys._getframe(1))
                 if owner is not None:
                     self.owners[self.step][f"{owner}:{label.split(':')[0]}"] += 1
                     if owner == "trainer":
                         self.trainer[self.step].append(label)
-            return fn(*args, **kwargs)
+                return fn(*args, **kwargs)
+            finally:
+                self._inside = False
 
         return counted
 

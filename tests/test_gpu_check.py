@@ -75,7 +75,10 @@ def test_default_plans_put_the_peer_first():
         assert {(r["backend"], r["decoder"]) for r in full[1:]} == {
             (b, d) for b in ("ddp", "zero2") for d in ("fast", "device")
         }
-    assert [r["trainer"] for r in dry] == ["open_clip", "vlp", "vlp"] and notes
+    assert [r["trainer"] for r in dry] == ["open_clip", "vlp", "vlp", "vlp", "vlp"] and notes
+    # after the comparison: the hot loop's sync audit, then 2 ranks (the dry run has 2 CPU "devices")
+    assert dry[3]["audit"] and dry[3]["processes"] == 1 and dry[4]["processes"] == 2
+    assert full[-1]["audit"]  # one GPU here (none: the CPU): no 2-rank run planned
 
 
 def test_missing_photos_command_says_to_pass_data(tmp_path, monkeypatch):

@@ -184,6 +184,7 @@ exit $status
 """
 
 
+@pytest.mark.scale  # make scale (CI runs it after make test)
 def test_slurm_script_runs_two_nodes_survives_preemption_and_the_requeued_job_continues(
     zero2_run, train_shards, tmp_path
 ):

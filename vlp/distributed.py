@@ -69,7 +69,10 @@ def gather_without_grad(x: torch.Tensor) -> torch.Tensor:
         return x
     group = host_group() if x.device.type == "cpu" else None
     out = torch.empty((world_size() * x.shape[0], *x.shape[1:]), dtype=x.dtype, device=x.device)
-    dist.all_gather_into_tensor(out, x.contiguous(), group=group)
+    # torch 2.14 renamed all_gather_into_tensor (deprecated: a warning per call) to all_gather_single;
+    # looked up at each call, so that wrappers of torch.distributed (tests/sync_audit.py) see it.
+    gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+    gather(out, x.contiguous(), group=group)
     return out
 
 

@@ -150,24 +150,22 @@ class Backend:
     def backward_and_step(self, loss_for: Callable[[int], torch.Tensor], passes: int = 1) -> bool | torch.Tensor:
         """Back-propagate ``loss_for(j)`` for j < passes (the gradients add up), then one optimizer
         step. Returns whether the step reached the weights: a host bool where the engine already read
-        it (DeepSpeed's overflow check, the fp16 grad scaler), else a 0-dim bool tensor on the device,
-        read by the loop only when it logs."""
+        it (DeepSpeed's overflow check), else a 0-dim bool tensor on the device, read by the loop only
+        when the ranks agree (vlp/train/agreement.py)."""
         if self.deepspeed:
             return self._deepspeed_step(loss_for, passes)
         for j in range(passes):  # DDP synchronises gradients on the last pass only
             with contextlib.nullcontext() if j == passes - 1 else self.acc.no_sync(self.model):
                 self.acc.backward(loss_for(j))
-        clip = self.cfg.grad_clip
-        if self.cfg.precision == "fp16":  # the grad scaler skips overflowing steps itself (and reads its flag)
-            if clip:
-                self.acc.clip_grad_norm_(self.model.parameters(), clip)
+        # One pass over the gradients (unscaled first under fp16): the global norm is non-finite exactly
+        # when some gradient is (DDP has already averaged them, so every rank sees the same norm).
+        norm = self.acc.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip or float("inf"))
+        applied = torch.isfinite(norm)
+        if self.cfg.precision == "fp16":
+            # The grad scaler hands the fused AdamW its own found_inf (and lowers the scale); accelerate's
+            # step_was_skipped cannot tell, since the fused step always runs: the norm says it.
             self.optimizer.step()
-            applied = not self.optimizer.step_was_skipped
         else:
-            # One pass over the gradients: the global norm is non-finite exactly when some gradient is
-            # (DDP has already averaged them, so every rank sees the same norm).
-            norm = self.acc.clip_grad_norm_(self.model.parameters(), clip or float("inf"))
-            applied = torch.isfinite(norm)
             self._skip_if(self.base_optimizer, ~applied)
             try:
                 self.optimizer.step()
@@ -215,6 +213,9 @@ class Backend:
                 if local is not None and local.numel():
                     safe_set_local_fp32_param(p, local.clamp(0, MAX_LOGIT_SCALE))
                 p.ds_tensor.data.clamp_(0, MAX_LOGIT_SCALE)
+                # A scale below stage3_param_persistence_threshold stays whole on every rank and was
+                # gathered again after the step: the forward reads this copy (empty when released).
+                p.data.clamp_(0, MAX_LOGIT_SCALE)
                 continue
             # ZeRO-1/2 (and DeepSpeed's bf16 optimizer): this rank's slice of the fp32 master, in place.
             # (safe_get_full_fp32_param would assemble the whole scale with an all-reduce every step.)

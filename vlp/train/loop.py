@@ -117,8 +117,7 @@ def _steps(run: Run, logger: MetricsLogger, guard: NonFiniteGuard, losses: list[
                 skipped_here = True
             else:
                 losses.append(row.values["loss"])
-        if log or skipped_here:
-            logger.step(step, _record(run, agreed), log=True)
+        logger.step(step, _record(run, agreed), log=log or skipped_here)  # the progress bar moves either way
         if evaluate:
             backend.sync_batchnorm_stats()
             logger.evaluation(step, run.evaluator())

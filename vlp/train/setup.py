@@ -19,6 +19,8 @@ import torch
 from open_clip_train.scheduler import cosine_lr
 
 from data_pipelines.loader import StreamingLoader
+from data_pipelines.loader.plan import split_shortfall
+from data_pipelines.shards.specs import parse_sources
 from data_pipelines.sources.shapes import WorldConfig, generate_world
 
 from ..checkpoint import (
@@ -92,14 +94,16 @@ def resolve_resume(cfg: Config, world: int) -> Path | None:
 
 def decided_on_main(decide: Callable[[], object]) -> object:
     """``decide()`` on rank 0, its result (or its TrainingError) on every rank: a collective."""
-    result, error = None, None
+    result, error, failure = None, None, None
     if rank_of_process() == 0:
         try:
             result = decide()
-        except TrainingError as exn:
-            error = str(exn)
+        except Exception as exn:  # noqa: BLE001 - every rank must hear of it, or the others wait forever
+            failure, error = exn, str(exn) if isinstance(exn, TrainingError) else f"{type(exn).__name__}: {exn}"
     if is_distributed():
         result, error = broadcast_object((result, error))
+    if failure is not None:
+        raise failure
     if error is not None:
         raise TrainingError(error)
     return result
@@ -137,6 +141,18 @@ def _resolve_resume(cfg: Config, world: int) -> Path | None:
     return path
 
 
+def refuse_unfed_workers(cfg: Config, world: int) -> None:
+    """Split mode deals every worker of every rank at least one shard: too few shards for this job's
+    shape stop it here, with the numbers, before anything is written (the loader checks it again)."""
+    d = cfg.data
+    if d.mode != "split" or not d.train:
+        return  # a shapes world is generated later: its loader refuses then
+    n_shards = sum(len(source.urls) for source in parse_sources(d.train, d.weights))
+    shortfall = split_shortfall(n_shards, world_size=world, workers=d.workers)
+    if shortfall is not None:
+        raise TrainingError(f"data.train: {shortfall}")
+
+
 def refuse_to_clobber(output_dir: str, resume_from: Path | None) -> None:
     found = list_checkpoints(output_dir)
     if found and resume_from is None:
@@ -171,6 +187,7 @@ def build_run(cfg: Config) -> Run:
     objective = Objective(o.terms, rank=rank, world_size=world_size(), local_loss=t.local_loss, options=options)
     backend.refuse(teacher_terms(o.terms))
     hooks = load_hooks()
+    refuse_unfed_workers(cfg, world)
     resume_from = resolve_resume(cfg, world)
     refuse_to_clobber(cfg.output_dir, resume_from)
     eval_sets = read_eval_sets(cfg.eval)
@@ -204,6 +221,8 @@ def build_run(cfg: Config) -> Run:
         param_groups(model, t.weight_decay), lr=t.lr, betas=(t.beta1, t.beta2), eps=t.eps, fused=True
     )
     backend.prepare(model, optimizer)
+    if teacher is not None:
+        teacher.module.to(backend.device)  # copied from the student before prepare() moved it there
     # What the data section asks for, and what the objective needs from it (negatives, captions).
     stream = {
         "mode": d.mode,
