@@ -20,6 +20,15 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("VLP_SHARED") or REPO.parent / "shared")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def shard_cache(tmp_path_factory) -> Path:
+    """Copies of remote shards (and indexes of read-only ones) go to this session's folder, for the
+    trainer's subprocesses too, not to the machine's shared cache."""
+    folder = tmp_path_factory.mktemp("shard-cache")
+    os.environ["VLP_SHARD_CACHE"] = str(folder)
+    return folder
+
+
 @pytest.fixture(scope="session")
 def sugarcrepe() -> Path:
     """SugarCrepe's official JSON files (SHARED/benchmarks/sugarcrepe); the test is skipped without them."""

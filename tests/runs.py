@@ -22,13 +22,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch_cmd(launch_config: str, overrides: list[str]) -> list[str]:
-    """``accelerate launch`` with one of launch/accelerate/*.yaml, on a free port."""
+def launch_cmd(launch_config: str, overrides: list[str], processes: int | None = None) -> list[str]:
+    """``accelerate launch`` with one of launch/accelerate/*.yaml (and another process count), on a free port."""
     return [
         str(BIN / "accelerate"),
         "launch",
         "--config_file",
         str(REPO / "launch" / "accelerate" / launch_config),
+        *(["--num_processes", str(processes)] if processes else []),
         "--main_process_port",
         str(free_port()),
         "-m",

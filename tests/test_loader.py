@@ -151,40 +151,120 @@ def test_workers_persist_across_epochs(world, preprocess, tokenizer, tmp_path):
 
 
 @pytest.mark.parametrize(
-    "num_workers,consumed,neighbours", [(0, 7, False), (2, 9, False), (3, 4, False), (2, 35, False), (2, 30, True)]
+    "num_workers,resume_workers,consumed,neighbours",
+    [(0, 0, 7, False), (2, 3, 9, False), (3, 1, 4, False), (2, 2, 35, False), (2, 0, 30, True)],
 )
 def test_resume_mid_epoch_yields_exactly_the_rest(
-    world, train_preprocess, tokenizer, num_workers, consumed, neighbours
+    world, train_preprocess, tokenizer, num_workers, resume_workers, consumed, neighbours
 ):
-    # 8 shards on 3 workers is uneven; 35 batches of 16 cross into the second epoch (25 per epoch).
-    def make():
+    # 35 batches of 16 cross into the second epoch (25 per epoch); the resumed loader may have another
+    # number of workers and still continues exactly.
+    def make(workers, **kw):
         return loader(
             world / "train",
             train_preprocess,
             tokenizer,
-            num_workers=num_workers,
+            num_workers=workers,
             epochs=2,
             batch_size=16,
             shuffle_buffer=100,
             neighbours=neighbours,
             num_negatives=2 if neighbours else 0,
+            **kw,
         )
 
-    full = list(make())
-    first = make()
+    full = list(make(num_workers))
+    first = make(num_workers)
     it = iter(first)
     head = [next(it) for _ in range(consumed)]
     state = json.loads(json.dumps(first.state_dict()))  # it must survive a JSON checkpoint
     assert keys_of(head) == keys_of(full[:consumed])
-    resumed = make()
+    resumed = make(resume_workers)
     resumed.load_state_dict(state)
     rest = list(resumed)
     assert keys_of(rest) == keys_of(full[consumed:])
     for a, b in zip(rest, full[consumed:], strict=True):
         assert a.keys() == b.keys() and ("neighbour_image" in a) == neighbours
         assert all(torch.equal(a[k], b[k]) for k in a if isinstance(a[k], torch.Tensor))
-    with pytest.raises(DataPipelineError, match="num_workers"):
-        loader(world / "train", train_preprocess, tokenizer, num_workers=num_workers + 1).load_state_dict(state)
+
+
+def test_what_the_order_depends_on_is_refused_naming_the_key(world, tmp_path, preprocess, tokenizer):
+    state = loader(world / "train", preprocess, tokenizer, shuffle_buffer=100).state_dict()
+    for key, kw in [("seed", {"seed": 1}), ("shuffle_buffer", {"shuffle_buffer": 10}), ("mode", {"mode": "resampled"})]:
+        other = loader(world / "train", preprocess, tokenizer, **{"shuffle_buffer": 100, **kw})
+        with pytest.raises(DataPipelineError, match=f"saved with {key}="):
+            other.load_state_dict(state)
+    fewer = sorted((world / "train").glob("*.tar"))[:-1]
+    with pytest.raises(DataPipelineError, match="saved with data="):
+        loader([str(p) for p in fewer], preprocess, tokenizer, shuffle_buffer=100).load_state_dict(state)
+    with pytest.raises(DataPipelineError, match="version"):
+        loader(world / "train", preprocess, tokenizer).load_state_dict({"version": 1, "positions": {"0": 3}})
+
+
+def rank_batches(world, preprocess, tokenizer, world_size, batch_size, workers, state=None, **kw):
+    """Every rank's batches of one epoch, as global batches: per batch index, the ranks' rows joined."""
+    per_rank = []
+    for rank in range(world_size):
+        ld = loader(
+            world / "train", preprocess, tokenizer, rank=rank, world_size=world_size, batch_size=batch_size,
+            num_workers=workers, drop_last=True, shuffle_buffer=64, **kw,
+        )  # fmt: skip
+        if state is not None:
+            ld.load_state_dict(state)
+        per_rank.append(list(ld))
+    joined = []
+    for parts in zip(*per_rank, strict=True):
+        joined.append({"key": [k for p in parts for k in p["key"]], "image": torch.cat([p["image"] for p in parts])})
+    return joined
+
+
+@pytest.mark.parametrize("mode", ["split", "resampled"])
+def test_global_batches_do_not_depend_on_ranks_or_workers(world, train_preprocess, tokenizer, mode):
+    """Global batch i holds the same samples, augmented the same way, for 1 x 16 in process, 2 x 8 with
+    2 workers each and 4 x 4 with 3 workers each: the order is a function of (seed, epoch) alone."""
+    kw = {"mode": mode, "epoch_samples": 320} if mode == "resampled" else {}
+    one = rank_batches(world, train_preprocess, tokenizer, 1, 16, 0, **kw)
+    assert len(one) == (320 if mode == "resampled" else 400) // 16
+    for shape in [(2, 8, 2), (4, 4, 3)]:
+        other = rank_batches(world, train_preprocess, tokenizer, *shape, **kw)
+        assert [b["key"] for b in other] == [b["key"] for b in one], shape
+        assert all(torch.equal(a["image"], b["image"]) for a, b in zip(one, other, strict=True)), shape
+
+
+def test_a_position_saved_on_two_ranks_continues_on_one(world, preprocess, tokenizer):
+    full = rank_batches(world, preprocess, tokenizer, 1, 16, 0)
+    first = loader(world / "train", preprocess, tokenizer, rank=0, world_size=2, batch_size=8, num_workers=2,
+                   drop_last=True, shuffle_buffer=64)  # fmt: skip
+    it = iter(first)
+    for _ in range(5):
+        next(it)
+    state = first.state_dict()
+    assert state["position"] == 5 * 16 and state["global_batch"] == 16
+    rest = rank_batches(world, preprocess, tokenizer, 1, 16, 1, state=state)
+    assert [b["key"] for b in rest] == [b["key"] for b in full[5:]]
+    # ... and on four ranks of 4, which splits each global batch of 16 four ways.
+    rest4 = rank_batches(world, preprocess, tokenizer, 4, 4, 0, state=state)
+    assert [b["key"] for b in rest4] == [b["key"] for b in full[5:]]
+
+
+def test_a_restored_position_reads_only_the_samples_after_it(world, preprocess, tokenizer):
+    """The first batch after a restore reads its own samples' bytes and nothing before them: the
+    shards are read by offset from their index, not through the consumed part."""
+    from data_pipelines.shards.index import load_index
+
+    first = loader(world / "train", preprocess, tokenizer, batch_size=16, shuffle_buffer=64, drop_last=True)
+    it = iter(first)
+    for _ in range(20):
+        next(it)
+    resumed = loader(world / "train", preprocess, tokenizer, batch_size=16, shuffle_buffer=64, drop_last=True)
+    resumed.load_state_dict(first.state_dict())
+    batch = next(iter(resumed))
+    spans = {}
+    for tar in (world / "train").glob("*.tar"):
+        index = load_index(tar)
+        spans.update({key: index.span(i)[1] for i, key in enumerate(index.keys)})
+    assert resumed.bytes_read == sum(spans[k] for k in batch["key"])
+    assert resumed.bytes_read < 16 * max(spans.values())
 
 
 def test_negatives_as_padded_tokens_with_mask(world, preprocess, tokenizer):
@@ -253,10 +333,17 @@ def test_bad_input_is_skipped_counted_and_logged_once(tmp_path, preprocess, toke
         # every .tar in the folder; negatives requested, so the JSON member is read (and can be broken)
         ld = loader(tmp_path, preprocess, tokenizer, num_workers=num_workers, num_negatives=1)
         keys = keys_of(ld)
-    recovered = [k for k in keys if k in expected["truncated"]]
-    assert sorted(k for k in keys if k not in expected["truncated"]) == sorted(expected["good"])
+    recovered = {k for k in keys if k in expected["truncated"]}
+    # Every good sample comes once at its own position; a bad one's slot is filled by a stand-in drawn
+    # from its position, which may repeat a good sample (or meet a bad one again, counted again).
+    assert {k for k in keys if k not in expected["truncated"]} == set(expected["good"])
     assert 0 < len(recovered) < len(expected["truncated"])
-    assert ld.skipped == expected["skipped"]
+    assert len(keys) == len(expected["good"]) + 7 + len(recovered)  # every indexed sample's slot
+    for reason, n in expected["skipped"].items():
+        if reason.endswith("_shard"):  # counted once, when the shards are indexed
+            assert ld.skipped[reason] == n, reason
+        else:
+            assert ld.skipped[reason] >= n, reason
     if num_workers == 0:  # worker processes log to their own stderr
         messages = [r.getMessage() for r in caplog.records]
         assert sum("corrupt_image" in m for m in messages) == 1
@@ -272,7 +359,7 @@ def test_everything_filtered_fails_fast(tmp_path, preprocess, tokenizer):
     garbage = tmp_path / "garbage"
     garbage.mkdir()
     (garbage / "a.tar").write_bytes(b"not a tar" * 100)
-    with deadline(60), pytest.raises(DataPipelineError, match="shard draws"):
+    with deadline(60), pytest.raises(DataPipelineError, match="no shard holds a sample"):
         list(loader(garbage, preprocess, tokenizer, mode="resampled"))
 
 
@@ -284,8 +371,8 @@ def test_wrong_paths_are_clear_errors(tmp_path, preprocess, tokenizer):
     write_shards(tmp_path, simple_samples(5), shard_size=5)
     with pytest.raises(SpecError, match="1 of 2 shards do not exist"):
         loader(str(tmp_path / "shard-{000000..000001}.tar"), preprocess, tokenizer)
-    with pytest.raises(DataPipelineError, match="cannot feed 2 ranks"):
-        loader(tmp_path, preprocess, tokenizer, rank=0, world_size=2)
+    with pytest.raises(DataPipelineError, match="holds no global batch of 16"):
+        loader(tmp_path, preprocess, tokenizer, rank=0, world_size=2, drop_last=True)
 
 
 def test_pipe_file_and_fsspec_urls(tmp_path, preprocess, tokenizer):
@@ -350,9 +437,9 @@ def test_peek_streams_batches_and_fails_on_bad_data(tmp_path, capsys):
     write_shards(tmp_path / "ok", simple_samples(12), shard_size=6)
     assert vlp_data(["peek", str(tmp_path / "ok"), "--batches", "2", "--batch-size", "4", "--workers", "0"]) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert summary["batches"] == 2 and summary["samples"] == 8 and summary["state"]["batches_in_epoch"] == 2
+    assert summary["batches"] == 2 and summary["samples"] == 8 and summary["state"]["position"] == 8
     # Data that cannot be used is exit status 1 (EXIT_DATA), not a usage error.
-    write_shards(tmp_path / "bad", [{"__key__": f"k{i}", "txt": b"no image"} for i in range(8)], shard_size=4)
+    write_shards(tmp_path / "bad", [{"__key__": f"k{i}", "txt": b"no image"} for i in range(40)], shard_size=10)
     with deadline(60):
         assert vlp_data(["peek", str(tmp_path / "bad"), "--workers", "0"]) == 1
     assert "missing_image" in capsys.readouterr().err

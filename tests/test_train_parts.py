@@ -55,11 +55,12 @@ def test_pruning_keeps_the_newest_complete_checkpoints(tmp_path):
 
 
 def test_counters_and_loader_position_round_trip(tmp_path):
-    Counters(step=7, skipped_steps=2, shape={"world_size": 2, "batch_size": 8}).save(tmp_path)
+    Counters(step=7, skipped_steps=2, samples=112, shape={"world_size": 2, "batch_size": 8}).save(tmp_path)
     back = Counters()
     back.load(tmp_path)
-    assert (back.step, back.skipped_steps) == (7, 2)
-    assert read_trainer_state(tmp_path) == {"step": 7, "skipped_steps": 2, "world_size": 2, "batch_size": 8}
+    assert (back.step, back.skipped_steps, back.samples) == (7, 2, 112)
+    saved = {"step": 7, "skipped_steps": 2, "samples": 112, "world_size": 2, "batch_size": 8}
+    assert read_trainer_state(tmp_path) == saved
     Counters(step=9, is_main=False).save(tmp_path)  # only the main process writes the counters
     back.load(tmp_path)
     assert back.step == 7
@@ -74,11 +75,12 @@ def test_counters_and_loader_position_round_trip(tmp_path):
         def load_state_dict(self, state):
             self.state = state
 
-    LoaderPosition(Loader({"epoch": 1, "consumed": [3, 4]}), rank=1).save(tmp_path)
-    assert (tmp_path / "loader_rank1.json").is_file()
+    LoaderPosition(Loader({"epoch": 1, "position": 48}), is_main=False).save(tmp_path)
+    assert not (tmp_path / "loader.json").is_file()  # one position for all ranks: the main process writes it
+    LoaderPosition(Loader({"epoch": 1, "position": 48}), is_main=True).save(tmp_path)
     fresh = Loader(None)
-    LoaderPosition(fresh, rank=1).load(tmp_path)
-    assert fresh.state == {"epoch": 1, "consumed": [3, 4]}
+    LoaderPosition(fresh, is_main=False).load(tmp_path)
+    assert fresh.state == {"epoch": 1, "position": 48}
 
 
 def test_the_registry_answers_what_terms_need():

@@ -5,7 +5,7 @@ A checkpoint directory ``OUTPUT/checkpoints/step_<N>/`` holds what ``accelerate.
 what each stateful part of the run writes for itself (vlp.train.state):
 
     trainer_state.json      step, skipped steps, world size, batch size, max steps
-    loader_rank<R>.json     each rank's data-stream position (exact mid-epoch resume)
+    loader.json             the position in the global data order (resume on any job shape)
     teacher.safetensors     the EMA teacher (tgc, distill)
     proto_rank<R>.pt        ProtoCLIP's current episode, per rank
     config.yaml             the run configuration

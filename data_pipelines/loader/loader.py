@@ -1,25 +1,35 @@
 """The streaming loader: epochs of batches from :class:`~data_pipelines.loader.stream.ShardStream`,
-run in a DataLoader, with ``state_dict``/``load_state_dict`` for exact mid-epoch resume."""
+run in a DataLoader, with ``state_dict``/``load_state_dict`` for exact mid-epoch resume on any number
+of ranks and workers."""
 
 from __future__ import annotations
 
 import functools
 import logging
-import math
 import os
 import signal
+import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
 
+from ..shards.reader import SkipCounter
 from ..shards.specs import parse_sources
 from .decode import NEGATIVE_SAMPLING
-from .plan import split_shortfall
-from .stream import MODES, DataPipelineError, ShardStream
+from .stream import MODES, DataPipelineError, ShardStream, data_fingerprint, resolve_shards
 
 log = logging.getLogger("data_pipelines")
+
+STATE_VERSION = 2  # 2: a position in the global order (version 1 was per rank and worker)
+# What a saved position must share with the loader that continues it (the data order depends on them).
+ORDER_KEYS = ("mode", "seed", "shuffle_buffer", "data")
+
+
+def default_cache_dir() -> str:
+    """Where copies of remote or compressed shards (and indexes of read-only ones) go by default."""
+    return os.environ.get("VLP_SHARD_CACHE") or os.path.join(tempfile.gettempdir(), "vlp-shard-cache")
 
 
 def _default_rank_world() -> tuple[int, int]:
@@ -50,16 +60,18 @@ class StreamingLoader:
         spec: shard spec(s), see :mod:`data_pipelines.shards.specs`; several sources joined by ``::``.
         preprocess: image transform (e.g. open_clip's), PIL image -> tensor.
         tokenizer: open_clip tokenizer, list of strings -> LongTensor.
-        batch_size: per rank.
-        mode: ``split`` (every shard read once per epoch, dealt to ranks and workers by
-            :func:`~data_pipelines.loader.plan.shard_plan`; needs at least ``world_size x
-            max(1, num_workers)`` shards, else the loader refuses to start) or ``resampled``.
+        batch_size: per rank; the global batch is ``batch_size x world_size`` samples of the epoch's
+            global order (:mod:`~data_pipelines.loader.order`), whatever the number of workers.
+        mode: ``split`` (every sample once per epoch, in an order shuffled with ``(seed, epoch)``) or
+            ``resampled`` (draws with replacement, weighted by source).
         weights: per source, ``resampled`` mode only.
         epochs: stop after this many epochs (None: endless).
         epoch_samples: nominal epoch length in ``resampled`` mode (default: the size of the data
             when ``sizes.json`` knows it, else 1000 per shard).
-        drop_last: drop each worker's last partial batch (keeps batch shapes equal across ranks).
-        max_consecutive_skips: a worker that skips this many samples in a row stops the run.
+        drop_last: drop the epoch's last partial global batch (keeps batch shapes equal across ranks).
+        max_consecutive_skips: a sample that cannot be used is replaced by a stand-in drawn from its
+            position (:meth:`~data_pipelines.loader.order.EpochOrder.spare`); a position that finds no
+            usable sample in this many tries stops the run.
         negative_sampling: ``random`` (K of a sample's negatives drawn afresh each epoch) or ``fixed``
             (the first K, after the ``negative_types`` filter, in every epoch: DeGLA's data).
         captions: also return the caption strings (``caption``), e.g. for an external text teacher.
@@ -71,11 +83,11 @@ class StreamingLoader:
         worker_nice: added to the workers' niceness (0-19). When training on the CPU, workers that
             yield to the compute threads keep a step's parallel regions from stalling on a
             preempted thread; the scheduler still gives them every idle cycle.
-        read_retries: a shard whose opening or reading fails transiently (a ``pipe:`` command exiting
-            non-zero, an fsspec or network error, any stream but a local file's breaking off) is read
-            again up to this many times, passing over the samples already delivered, before it counts
-            as skipped (``unreadable_shard``/``truncated_shard``); each retry counts as
-            ``shard_read_retries`` in :attr:`skipped`. 0: no retries. See
+        read_retries: a remote shard whose opening or reading fails transiently while it is copied into
+            ``cache_dir`` (a ``pipe:`` command exiting non-zero, an fsspec or network error, a stream
+            breaking off) is read again up to this many times, passing over the samples already
+            copied, before it counts as skipped (``unreadable_shard``/``truncated_shard``); each retry
+            counts as ``shard_read_retries`` in :attr:`skipped`. 0: no retries. See
             :func:`~data_pipelines.shards.reader.iter_shard` for which failures are retried.
         retry_backoff_s: wait this long before the first retry of a shard, twice as long before the
             next, and so on.
@@ -85,6 +97,9 @@ class StreamingLoader:
             ``image_normalize`` its (mean, std): :func:`~data_pipelines.loader.jpeg.images_to` makes
             the model's input on any device; the trainer's default) or ``device`` (``image`` is a
             :class:`~data_pipelines.loader.jpeg.DeviceImages`: JPEG bytes decoded on ``.to(device)``).
+        cache_dir: where shards that cannot be read by offset in place (remote URLs, ``.tar.gz``) are
+            copied, once per machine, and where indexes of read-only local shards are kept
+            (:mod:`data_pipelines.shards.cache`; default ``$VLP_SHARD_CACHE`` or a temporary folder).
     """
 
     def __init__(
@@ -117,6 +132,7 @@ class StreamingLoader:
         retry_backoff_s: float = 1.0,
         decoder: str = "pil",
         pin_memory: bool = False,
+        cache_dir: str | None = None,
     ):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -135,67 +151,73 @@ class StreamingLoader:
         if rank is None or world_size is None:
             rank, world_size = _default_rank_world()
         self.sources = parse_sources(spec, weights)
-        n_shards = sum(len(s.urls) for s in self.sources)
-        if mode == "split":
-            # Every reader (rank x worker) needs a shard in every epoch: refuse now, with the numbers,
-            # rather than leave workers idle (or whole ranks without data).
-            shortfall = split_shortfall(n_shards, world_size=world_size, workers=num_workers)
-            if shortfall is not None:
-                raise DataPipelineError(shortfall)
         self.mode = mode
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.seed = seed
+        self.shuffle_buffer = shuffle_buffer
         self.rank = rank
         self.world_size = world_size
         self.epochs = epochs
         self.prefetch_factor = prefetch_factor
         self.pin_memory = pin_memory
-        self._loader: DataLoader | None = None  # made once: its workers persist across epochs
         self.worker_nice = worker_nice
-        batches_per_worker = None
-        if mode == "resampled":
-            if epoch_samples is None:
-                known = [s.samples for s in self.sources]
-                epoch_samples = sum(known) if all(k is not None for k in known) else 1000 * n_shards
-            batches_per_worker = max(1, math.ceil(epoch_samples / (world_size * max(1, num_workers) * batch_size)))
-        self.epoch_samples = epoch_samples
+        self.cache_dir = cache_dir or default_cache_dir()
+        self.data = data_fingerprint(self.sources, mode)
+        self._loader: DataLoader | None = None  # made once: its workers persist across epochs
+        opening = SkipCounter(f" (rank {rank})")
+        shards = resolve_shards(self.sources, self.cache_dir, opening, retries=read_retries, backoff_s=retry_backoff_s)
         self.dataset = ShardStream(
-            self.sources,
+            shards,
             mode=mode,
             preprocess=preprocess,
             tokenizer=tokenizer,
             batch_size=batch_size,
             rank=rank,
             world_size=world_size,
-            num_workers=num_workers,
             seed=seed,
             shuffle_buffer=shuffle_buffer,
             num_negatives=num_negatives,
             negative_types=negative_types,
             drop_last=drop_last,
-            batches_per_worker=batches_per_worker,
+            weights=[s.weight for s in self.sources],
+            epoch_samples=epoch_samples,
             max_consecutive_skips=max_consecutive_skips,
             captions=captions,
             negative_sampling=negative_sampling,
             neighbours=neighbours,
             neighbour_kinds=neighbour_kinds,
-            read_retries=read_retries,
-            retry_backoff_s=retry_backoff_s,
             decoder=decoder,
+            cache_dir=self.cache_dir,
         )
+        try:
+            first = self.dataset.order(0)
+        except ValueError as exn:
+            raise DataPipelineError(f"{spec}: {exn} (skipped: {opening.as_dict() or 'nothing'})") from None
+        self.epoch_samples = len(first)
+        if drop_last and first.batches(self.global_batch) == 0:
+            raise DataPipelineError(
+                f"{spec}: an epoch of {len(first)} samples holds no global batch of {self.global_batch} "
+                f"({world_size} ranks x {batch_size}); use smaller batches or more data "
+                f"(skipped: {opening.as_dict() or 'nothing'})"
+            )
         self._reset_epoch(0)
-        self._skipped_done: dict[str, int] = {}
+        self._skipped_done: dict[str, int] = opening.as_dict()
         self.last_batch_cpu_seconds = 0.0  # CPU time the last batch cost its worker (images_per_core_s)
+        self.bytes_read = 0  # shard bytes read for the batches received so far
+
+    @property
+    def global_batch(self) -> int:
+        """Samples of the epoch's order that one batch of every rank consumes together."""
+        return self.batch_size * self.world_size
 
     # -- state
 
-    def _reset_epoch(self, epoch: int) -> None:
+    def _reset_epoch(self, epoch: int, position: int = 0) -> None:
         self.epoch = epoch
+        self.position = position  # samples of the epoch's global order consumed (by all ranks)
         self.batches_in_epoch = 0
-        self._positions: dict[int, int] = {}
         self._worker_skips: dict[int, dict[str, int]] = {}
-        self._next_worker = 0
 
     @property
     def images_per_core_s(self) -> float | None:
@@ -216,47 +238,49 @@ class StreamingLoader:
         return dict(sorted(total.items()))
 
     def state_dict(self) -> dict[str, Any]:
-        """JSON-serialisable position of this rank's stream after the last batch received."""
+        """JSON-serialisable position in the global order after the last batch received: the same on
+        every rank (except ``skipped``, this rank's counts)."""
         return {
-            "version": 1,
+            "version": STATE_VERSION,
             "mode": self.mode,
             "seed": self.seed,
-            "rank": self.rank,
-            "world_size": self.world_size,
-            "num_workers": self.num_workers,
-            "batch_size": self.batch_size,
+            "shuffle_buffer": self.shuffle_buffer,
+            "data": self.data,
             "epoch": self.epoch,
-            "batches_in_epoch": self.batches_in_epoch,
-            "positions": {str(k): v for k, v in sorted(self._positions.items())},
-            "next_worker": self._next_worker,
+            "position": self.position,
+            "global_batch": self.global_batch,
             "skipped": self.skipped,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        for key in ("mode", "seed", "world_size", "num_workers", "batch_size"):
+        """Continue from ``state`` (any world size, batch size or worker count; the data order's keys
+        must match)."""
+        if state.get("version") != STATE_VERSION:
+            raise DataPipelineError(
+                f"cannot resume the data stream exactly: its position was saved by a loader of version "
+                f"{state.get('version')!r}, whose data order depended on the job's shape; this one reads "
+                f"version {STATE_VERSION}"
+            )
+        for key in ORDER_KEYS:
             if state.get(key) != getattr(self, key):
                 raise DataPipelineError(
                     f"cannot resume the data stream exactly: it was saved with {key}={state.get(key)!r}, "
                     f"this run has {key}={getattr(self, key)!r}"
                 )
-        self._reset_epoch(int(state["epoch"]))
-        self.batches_in_epoch = int(state["batches_in_epoch"])
-        self._positions = {int(k): int(v) for k, v in state["positions"].items()}
-        self._next_worker = int(state["next_worker"])
+        self._reset_epoch(int(state["epoch"]), int(state["position"]))
         self._skipped_done = dict(state.get("skipped", {}))
 
     # -- iteration
 
     def _epoch_batches(self) -> Iterator[dict[str, Any]]:
         ds = self.dataset
-        workers = max(1, self.num_workers)
-        where = (self.epoch, self._next_worker % workers, dict(self._positions))
-        ds.epoch, ds.rotation, ds.start_positions = where
+        ds.set_position(self.epoch, self.position)
         if self.num_workers:
             if self._loader is None:
                 # Persistent workers: an epoch (or an exact resume) starts without forking and importing
                 # again; each iteration reads where to start from the dataset's shared position.
-                ds.share_position(self.num_workers)
+                ds.share_position()
+                ds.set_position(self.epoch, self.position)
                 self._loader = DataLoader(
                     ds,
                     batch_size=None,
@@ -266,28 +290,29 @@ class StreamingLoader:
                     persistent_workers=True,
                     pin_memory=self.pin_memory,  # pinned batches copy to the GPU without blocking the host
                 )
-            ds.set_position(*where)
             loader = self._loader
         else:
             loader = ds
         for batch, meta in loader:
             self.last_batch_cpu_seconds = meta.cpu_seconds
-            self._positions[meta.worker] = meta.pos
             self._worker_skips[meta.worker] = meta.skipped
+            self.bytes_read += meta.bytes_read
+            # Batches arrive in order (worker w makes batches w, w + k, ...): each is the next global one.
+            self.position += self.global_batch
             if batch is None:
                 continue
-            self._next_worker = (meta.worker + 1) % workers
             self.batches_in_epoch += 1
             yield batch
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         while self.epochs is None or self.epoch < self.epochs:
+            fresh = self.position == 0  # a resume may start where no whole batch is left
             yield from self._epoch_batches()
-            if self.batches_in_epoch == 0:
+            if self.batches_in_epoch == 0 and fresh:
                 raise DataPipelineError(
                     f"rank {self.rank}: epoch {self.epoch} produced no batch of {self.batch_size} "
                     f"(skipped: {self.skipped or 'nothing'}); every sample was filtered out or the shards "
-                    "hold fewer samples than one batch per worker"
+                    "hold fewer samples than one global batch"
                 )
             self._skipped_done = self.skipped
             self._reset_epoch(self.epoch + 1)

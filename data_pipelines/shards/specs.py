@@ -52,6 +52,11 @@ def _local_path(url: str) -> str | None:
     return None
 
 
+def local_path(url: str) -> str | None:
+    """The file a local URL (a path or a ``file://`` URL) names; None for any other URL."""
+    return _local_path(url)
+
+
 def is_local_url(url: str) -> bool:
     """Whether ``url`` names a local file (a path or a ``file://`` URL)."""
     return _local_path(url) is not None

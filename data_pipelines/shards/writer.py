@@ -9,6 +9,7 @@ from pathlib import Path
 import webdataset as wds
 
 from .atomic import temporary_name, write_json_atomic
+from .index import build_index, write_index
 
 
 class ShardSink:
@@ -16,6 +17,7 @@ class ShardSink:
 
     Each shard is written under a temporary name and renamed when complete, so a crash leaves only
     whole shards. Tar headers carry a fixed mtime and owner, so the same samples give the same bytes.
+    Each shard gets its sample index (``<shard>.idx``, :mod:`.index`) beside it.
     ``close()`` writes ``sizes.json`` (shard file name -> sample count, the open_clip convention) and
     returns it.
     """
@@ -46,6 +48,8 @@ class ShardSink:
         self._writer.close()
         self._stream.close()
         os.replace(temporary_name(self.out_dir / self._name), self.out_dir / self._name)
+        # The sample index (data_pipelines.shards.index): readers seek to any sample from it.
+        write_index(self.out_dir / self._name, build_index(self.out_dir / self._name))
         self.sizes[self._name] = self._count
         self._writer = None
 

@@ -40,7 +40,11 @@ class DataConfig:
     # Niceness added to the workers (0-19); unset: 19 when training on the CPU (the workers then
     # take the cycles the compute threads leave, +4-6% samples/s on 2 cores), 0 on accelerators.
     worker_nice: int | None = None
+    # The global order permutes the epoch's samples within windows of this many (data_pipelines.loader.order).
     shuffle_buffer: int = 1000
+    # Where remote (pipe:, http, fsspec) and compressed shards are copied, once per machine, to be read by
+    # offset, and where indexes of read-only local shards go; unset: $VLP_SHARD_CACHE, else a temp folder.
+    cache_dir: str | None = None
     augment: bool = True  # open_clip's training transform (random resized crop) instead of the eval one
     epoch_samples: int | None = None  # nominal epoch in resampled mode
     negatives: int = 0  # K hard negatives per caption, read from each sample's .json (terms that need them)
@@ -53,7 +57,7 @@ class DataConfig:
     # and negatives, so both contrast directions see it.
     neighbours: bool = False
     # Only samples whose neighbour is of these kinds (the JSON neighbour's "twin": the shapes world's
-    # mirror_relation, swap_colours, replace_colour); the others are filtered out of the stream.
+    # mirror_relation, swap_colours, replace_colour); the others' positions hold stand-ins drawn from them.
     neighbour_kinds: list[str] | None = None
     # A shard whose opening or reading fails (a `pipe:` command exiting non-zero, an fsspec or network
     # error) is tried again this many times, waiting retry_backoff_s, then twice as long each time,

@@ -204,6 +204,13 @@ class Episodes:
             torch.save(self.current.state_dict(), self._path(folder))
 
     def load(self, folder: Path) -> None:
-        path = self._path(folder)
-        if path.is_file():  # absent before the first clustering
-            self.current = Episode.from_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        """The saved episode, with every saved rank's labels merged: labels are keyed by sample and the
+        centroids are the same on every rank, so a rank finds its samples' labels whichever rank
+        clustered them, also after a change of world size."""
+        paths = sorted(Path(folder).glob("proto_rank*.pt"))
+        if not paths:  # absent before the first clustering
+            return
+        episodes = [Episode.from_state_dict(torch.load(p, map_location="cpu", weights_only=True)) for p in paths]
+        self.current = episodes[0]
+        for other in episodes[1:]:
+            self.current.labels.update(other.labels)

@@ -92,6 +92,7 @@ def _steps(run: Run, logger: MetricsLogger, guard: NonFiniteGuard, losses: list[
         micro = [next(batches) for _ in range(t.accum_steps)]
         data_time = time.perf_counter() - tic
         counters.step += 1
+        counters.samples += run.global_batch
         step = counters.step
         lr = run.lr_at(step - 1)
         values, applied = run.stepper(micro, step)

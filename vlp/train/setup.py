@@ -10,16 +10,19 @@ from __future__ import annotations
 import json
 import logging
 import os
+import random
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from open_clip_train.scheduler import cosine_lr
 
 from data_pipelines.loader import StreamingLoader
-from data_pipelines.loader.plan import split_shortfall
+from data_pipelines.loader.decode import stable_seed
+from data_pipelines.loader.stream import data_fingerprint
 from data_pipelines.shards.specs import parse_sources
 from data_pipelines.sources.shapes import WorldConfig, generate_world
 
@@ -131,26 +134,43 @@ def _resolve_resume(cfg: Config, world: int) -> Path | None:
         except DamagedCheckpoint as exn:
             raise TrainingError(f"train.resume={t.resume}: the checkpoint is damaged: {exn}") from None
     state = read_trainer_state(path)
-    for key, now in (("world_size", world), ("batch_size", t.batch_size)):
-        if state.get(key) != now:
-            raise TrainingError(
-                f"cannot resume {path} exactly: it was trained with {key}={state.get(key)}, this run has {now}"
-            )
+    refuse_another_data_order(cfg, path)
     if state["step"] >= t.max_steps:
         raise TrainingError(f"{path} is at step {state['step']}, already at train.max_steps={t.max_steps}")
     return path
 
 
-def refuse_unfed_workers(cfg: Config, world: int) -> None:
-    """Split mode deals every worker of every rank at least one shard: too few shards for this job's
-    shape stop it here, with the numbers, before anything is written (the loader checks it again)."""
+# What the global data order depends on, as the loader saves it, and the configuration key that sets it.
+ORDER_KEYS = {"seed": "train.seed", "mode": "data.mode", "shuffle_buffer": "data.shuffle_buffer", "data": "data.train"}
+
+
+def train_spec(cfg: Config) -> str:
+    return cfg.data.train or str(Path(cfg.data.shapes_world) / "train")
+
+
+def refuse_another_data_order(cfg: Config, path: Path) -> None:
+    """A resume continues the checkpoint's data order: a different seed, data mode, shuffle window or
+    shard list (or source weights) is refused here, naming the key, before anything is written. The
+    world size, batch size, accumulation and worker count may change (README "Resume")."""
+    saved_path = path / "loader.json"
+    if not saved_path.is_file():
+        raise TrainingError(
+            f"cannot resume {path} exactly: it has no loader.json (an earlier vlp saved the data position per "
+            "rank and worker); start a new run from its weights (model.pretrained)"
+        )
+    saved = json.loads(saved_path.read_text())
     d = cfg.data
-    if d.mode != "split" or not d.train:
-        return  # a shapes world is generated later: its loader refuses then
-    n_shards = sum(len(source.urls) for source in parse_sources(d.train, d.weights))
-    shortfall = split_shortfall(n_shards, world_size=world, workers=d.workers)
-    if shortfall is not None:
-        raise TrainingError(f"data.train: {shortfall}")
+    now = {"seed": cfg.train.seed, "mode": d.mode, "shuffle_buffer": d.shuffle_buffer}
+    if d.train or Path(train_spec(cfg)).is_dir():  # a shapes world not generated yet is checked by the loader
+        now["data"] = data_fingerprint(parse_sources(train_spec(cfg), d.weights), d.mode)
+    for key, value in now.items():
+        if saved.get(key) != value:
+            what = "the shard list (file names) or source weights" if key == "data" else f"{saved.get(key)!r}"
+            raise TrainingError(
+                f"cannot resume {path} exactly: {ORDER_KEYS[key]} differs from the checkpoint's ({what}); the "
+                "global data order depends on it. These may change between attempts: the number of ranks and "
+                'machines, train.batch_size, train.accum_steps, data.workers (README "Resume")'
+            )
 
 
 def refuse_to_clobber(output_dir: str, resume_from: Path | None) -> None:
@@ -175,6 +195,55 @@ def on_main_then_all(backend: Backend, fn: Callable[[], None]) -> None:
         raise TrainingError(str(error) if error else "the main process failed during setup (see its log)")
 
 
+def seed_a_new_rank(folder: Path, seed: int, step: int, rank: int) -> None:
+    """A rank the checkpoint did not have (more ranks than it was saved with) has no saved RNG states
+    (accelerate passes over the missing file): its Python, NumPy and torch generators are seeded from
+    (seed, step, rank) instead, so a resume on a new shape is still reproducible."""
+    if (folder / f"random_states_{rank}.pkl").is_file():
+        return
+    derived = stable_seed("rank-rng", seed, step, rank) % 2**32
+    random.seed(derived)
+    np.random.seed(derived)
+    torch.manual_seed(derived)
+    log.warning("rank %d has no RNG state in %s: seeded from (seed %d, step %d, rank)", rank, folder, seed, step)
+
+
+def continue_in_samples(cfg: Config, counters: Counters, global_batch: int) -> str:
+    """After a resume: what the new job shape changes, as one line for the log ("" when nothing does).
+
+    The same global batch continues the same run, whatever the ranks, batch size per rank, accumulation
+    and workers. Another global batch is allowed: the schedule is then counted in samples. The step
+    counter becomes the samples trained on divided by the new global batch, and train.max_steps and
+    train.warmup_steps are rescaled so that the run still ends (and warms up) after the checkpoint
+    config's number of samples; log, eval and save intervals stay counted in steps."""
+    saved = counters.saved
+    before = int(saved.get("global_batch", 0))
+
+    def describe(s: dict) -> str:
+        return f"{s.get('world_size')} ranks x {s.get('batch_size')} x {s.get('accum_steps', 1)} accumulated"
+
+    shape, now = describe(saved), describe(counters.shape)
+    if before == global_batch:
+        same = f"the same global batch of {global_batch}, the same run"
+        return "" if shape == now else f"job shape {shape} -> {now}: {same}"
+    t = cfg.train
+    total = int(saved.get("max_steps", t.max_steps)) * before
+    step, max_steps = counters.samples // global_batch, max(1, round(total / global_batch))
+    warmup = round(t.warmup_steps * before / global_batch)
+    line = (
+        f"global batch {before} ({shape}) -> {global_batch} ({now}): the schedule is counted in samples from here; "
+        f"{counters.samples} samples trained on: step {counters.step} continues as step {step}; train.max_steps "
+        f"{t.max_steps} -> {max_steps} and train.warmup_steps {t.warmup_steps} -> {warmup} (the run still ends after "
+        f"{total} samples); intervals (log, eval, save) stay in steps of the new batch; the data continue at the "
+        "same sample; the loss is not comparable step for step with the old shape (another batch, other negatives)"
+    )
+    counters.step, t.max_steps, t.warmup_steps = step, max_steps, warmup
+    counters.shape["max_steps"] = max_steps
+    if step >= max_steps:
+        raise TrainingError(f"{line}; nothing is left to train")
+    return line
+
+
 def build_run(cfg: Config) -> Run:
     t, d, o = cfg.train, cfg.data, cfg.objective
     torch.set_num_threads(_threads(cfg))
@@ -187,7 +256,6 @@ def build_run(cfg: Config) -> Run:
     objective = Objective(o.terms, rank=rank, world_size=world_size(), local_loss=t.local_loss, options=options)
     backend.refuse(teacher_terms(o.terms))
     hooks = load_hooks()
-    refuse_unfed_workers(cfg, world)
     resume_from = resolve_resume(cfg, world)
     refuse_to_clobber(cfg.output_dir, resume_from)
     eval_sets = read_eval_sets(cfg.eval)
@@ -232,6 +300,7 @@ def build_run(cfg: Config) -> Run:
         "read_retries": d.read_retries,
         "decoder": d.decoder,
         "retry_backoff_s": d.retry_backoff_s,
+        "cache_dir": d.cache_dir,
     }
     content = {
         "num_negatives": d.negatives if objective.needs_negatives else 0,
@@ -243,7 +312,7 @@ def build_run(cfg: Config) -> Run:
     }
     nice = (19 if backend.device.type == "cpu" else 0) if d.worker_nice is None else d.worker_nice
     loader = StreamingLoader(
-        d.train or str(Path(d.shapes_world) / "train"),
+        train_spec(cfg),
         preprocess=built.preprocess_train,
         tokenizer=built.tokenizer,
         batch_size=t.batch_size,
@@ -263,20 +332,23 @@ def build_run(cfg: Config) -> Run:
         episodes = Episodes(
             p.clusters, p.episode_steps, p.iters, t.seed, rank, external=sentence_teacher, restarts=p.restarts
         )
-    counters = Counters(
-        shape={"world_size": world, "batch_size": t.batch_size, "max_steps": t.max_steps}, is_main=is_main
-    )
+    global_batch = t.batch_size * t.accum_steps * world
+    shape = {"world_size": world, "batch_size": t.batch_size, "accum_steps": t.accum_steps, "max_steps": t.max_steps}
+    counters = Counters(shape={**shape, "global_batch": global_batch}, is_main=is_main)
     checkpointer = Checkpointer(acc, cfg.output_dir, t.keep_last)
     checkpointer.register("counters", counters)
-    checkpointer.register("loader", LoaderPosition(loader, rank))
+    checkpointer.register("loader", LoaderPosition(loader, is_main))
     if teacher is not None:
         checkpointer.register("teacher", TeacherWeights(teacher, is_main))
     if episodes is not None:
         checkpointer.register("episode", episodes)
     files = {"config.yaml": to_yaml(cfg), CONFIG_NAME: json.dumps(built.open_clip_config, indent=2)}
     checkpointer.register("files", RunFiles(files, is_main))
+    reshaped = ""
     if resume_from is not None:
         checkpointer.load(resume_from)
+        reshaped = continue_in_samples(cfg, counters, global_batch)
+        seed_a_new_rank(resume_from, t.seed, counters.step, rank)
     run = Run(
         cfg=cfg,
         backend=backend,
@@ -302,4 +374,6 @@ def build_run(cfg: Config) -> Run:
             + (f"; resuming from {resume_from} (step {counters.step})" if resume_from else ""),
             flush=True,
         )
+        if reshaped:
+            print(f"# {reshaped}", flush=True)
     return run

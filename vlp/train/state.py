@@ -18,6 +18,7 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedType
 from safetensors.torch import load_file, save_file
 
+from data_pipelines.loader import DataPipelineError
 from data_pipelines.shards.atomic import write_json_atomic
 
 from ..checkpoint import TRAINER_STATE, read_trainer_state, save_checkpoint
@@ -34,38 +35,51 @@ class Stateful(Protocol):
 
 @dataclass
 class Counters:
-    """Steps done and skipped, saved with the run's shape (world_size, batch_size, max_steps); a
-    resume must have the same world_size and batch_size (setup.resolve_resume)."""
+    """Steps done and skipped and samples seen, saved with the run's shape (world_size, batch_size,
+    accum_steps, global_batch, max_steps). A resume may change the shape (setup.resolve_resume)."""
 
     step: int = 0
     skipped_steps: int = 0
+    samples: int = 0  # samples of the global order trained on (steps x the global batch of each)
     shape: dict[str, int] = field(default_factory=dict)
     is_main: bool = True
+    saved: dict = field(default_factory=dict)  # the trainer state read on resume
 
     def save(self, folder: Path) -> None:
         if self.is_main:
-            state = {"step": self.step, "skipped_steps": self.skipped_steps, **self.shape}
+            state = {"step": self.step, "skipped_steps": self.skipped_steps, "samples": self.samples, **self.shape}
             write_json_atomic(Path(folder) / TRAINER_STATE, state, sort_keys=True)
 
     def load(self, folder: Path) -> None:
-        state = read_trainer_state(folder)
-        self.step, self.skipped_steps = state["step"], state.get("skipped_steps", 0)
+        self.saved = read_trainer_state(folder)
+        self.step, self.skipped_steps = self.saved["step"], self.saved.get("skipped_steps", 0)
+        self.samples = self.saved.get("samples", self.step * self.saved.get("global_batch", 0))
 
 
 class LoaderPosition:
-    """Each rank's position in its data stream (exact mid-epoch resume)."""
+    """The position in the global data order, the same on every rank: the main process writes it, every
+    rank reads it (exact mid-epoch resume on any number of ranks and workers)."""
 
-    def __init__(self, loader, rank: int):
-        self.loader, self.rank = loader, rank
+    NAME = "loader.json"
 
-    def _path(self, folder: Path) -> Path:
-        return Path(folder) / f"loader_rank{self.rank}.json"
+    def __init__(self, loader, is_main: bool):
+        self.loader, self.is_main = loader, is_main
 
     def save(self, folder: Path) -> None:
-        write_json_atomic(self._path(folder), self.loader.state_dict(), sort_keys=True)
+        if self.is_main:
+            write_json_atomic(Path(folder) / self.NAME, self.loader.state_dict(), sort_keys=True)
 
     def load(self, folder: Path) -> None:
-        self.loader.load_state_dict(json.loads(self._path(folder).read_text()))
+        path = Path(folder) / self.NAME
+        if not path.is_file():
+            raise TrainingError(
+                f"{folder} has no {self.NAME}: it was saved by an earlier vlp whose data position was per rank "
+                "and worker; it cannot continue exactly (start a new run from its weights: model.pretrained)"
+            )
+        try:
+            self.loader.load_state_dict(json.loads(path.read_text()))
+        except DataPipelineError as exn:
+            raise TrainingError(str(exn)) from None
 
 
 class TeacherWeights:
