@@ -46,7 +46,8 @@ def make_set(folder: Path, samples: int, sample_kb: int, shard_size: int) -> Non
         for i in range(samples):
             if i % 1000 == 0:
                 print(f"writing sample {i}/{samples}", file=sys.stderr, flush=True)
-            sink.write(f"s{i:07d}", {"png": png, "txt": f"caption {i}".encode(), "pad.bin": os.urandom(sample_kb * 1024)})
+            pad = os.urandom(sample_kb * 1024)
+            sink.write(f"s{i:07d}", {"png": png, "txt": f"caption {i}".encode(), "pad.bin": pad})
 
 
 def main() -> int:

@@ -49,9 +49,9 @@ def world(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def train_shards(tmp_path_factory) -> Path:
-    """The trainer tests' shards: 400 samples in shards of 8, so that with batch 8 per rank and no
-    shuffle buffer, 2 ranks x 8 read the same samples per step as 1 rank x 16 (rank r takes shard r
-    of each pair). The world's zero-shot split sits beside them (``train_shards.parent``)."""
+    """The trainer tests' shards: 400 samples in shards of 8 (2 ranks x 8 read the same samples per step
+    as 1 rank x 16 whatever the shards: the data order is global). The world's zero-shot split sits
+    beside them (``train_shards.parent``)."""
     out = tmp_path_factory.mktemp("trainworld") / "shapes"
     cfg = WorldConfig(train_samples=400, shard_size=8, zeroshot_per_class=1, compositional_per_type=1)
     generate_world(out, cfg, workers=1, log=lambda _: None)

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -27,7 +29,7 @@ from tests.runs import (
     train_cmd,
     weights,
 )
-from vlp.checkpoint import list_checkpoints
+from vlp.checkpoint import list_checkpoints, verify_checkpoint
 
 pytestmark = pytest.mark.slow
 MAX_STEPS = 12
@@ -175,6 +177,94 @@ def test_a_ddp_checkpoint_continues_on_another_number_of_ranks(single_run, ddp_r
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     assert "the same global batch of 16, the same run" in proc.stdout
     same_losses(single_run, out, range(SAVE_EVERY + 1, MAX_STEPS + 1))
+
+
+def test_another_global_batch_continues_counted_in_samples(ddp_run, train_shards, tmp_path):
+    """2 x 8 (global 16) at step 4 -> 1 x 32: allowed, with one message saying what changes; the run
+    then ends after the same number of samples (12 x 16 = 6 x 32)."""
+    out = tmp_path / "resumed"
+    ckpt = ddp_run / "checkpoints" / f"step_{SAVE_EVERY}"
+    proc = run(train_cmd([*common(train_shards, out), "train.batch_size=32", f"train.resume={ckpt}"]))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    line = next(ln for ln in proc.stdout.splitlines() if "the schedule is counted in samples" in ln)
+    assert "global batch 16 (2 ranks x 8 x 1 accumulated) -> 32 (1 ranks x 32 x 1 accumulated)" in line
+    assert "64 samples trained on: step 4 continues as step 2" in line
+    assert f"train.max_steps {MAX_STEPS} -> 6" in line and "train.warmup_steps 2 -> 1" in line
+    assert sorted(metrics(out)) == [3, 4, 5, 6]
+    assert json.loads((out / "checkpoints" / "step_6" / "loader.json").read_text())["position"] == 12 * 16
+
+
+@pytest.fixture(scope="module")
+def zero2_single_run(train_shards, tmp_path_factory) -> Path:
+    """1 x 16 under DeepSpeed ZeRO-2 (one process)."""
+    out = tmp_path_factory.mktemp("zero2_single") / "run"
+    proc = run(launch_cmd("cpu_deepspeed_zero2.yaml", [*common(train_shards, out), "train.batch_size=16"], processes=1))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    return out
+
+
+@pytest.mark.parametrize("direction", ["2x8->1x16", "1x16->2x8"])
+def test_a_zero2_checkpoint_continues_on_another_number_of_ranks_through_a_universal_checkpoint(
+    zero2_run, zero2_single_run, train_shards, tmp_path, direction
+):
+    """ZeRO-2's optimizer state is split per rank: on another world size the checkpoint is converted once
+    to DeepSpeed's universal checkpoint (<checkpoint>/universal, with its own manifest) and re-partitioned;
+    the losses after the resume equal the uninterrupted run's (<= 1e-5, fp32)."""
+    source = zero2_run if direction == "2x8->1x16" else zero2_single_run
+    ckpt = tmp_path / "step_4"
+    shutil.copytree(source / "checkpoints" / f"step_{SAVE_EVERY}", ckpt)  # the fixture's stays unconverted
+    out = tmp_path / "resumed"
+    shape = (["train.batch_size=16"], 1) if direction == "2x8->1x16" else ([], None)
+    proc = run(
+        launch_cmd(
+            "cpu_deepspeed_zero2.yaml",
+            [*common(train_shards, out), *shape[0], f"train.resume={ckpt}"],
+            processes=shape[1],
+        )
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    assert "converting it to DeepSpeed's universal checkpoint" in proc.stdout
+    verify_checkpoint(ckpt / "universal")
+    same_losses(zero2_run, out, range(SAVE_EVERY + 1, MAX_STEPS + 1))
+
+
+KILL_DURING_CONVERSION = """
+import os, sys, threading, time
+from pathlib import Path
+from deepspeed.checkpoint import ds_to_universal
+from vlp.train.reshard import to_universal
+real = ds_to_universal.main
+def slow(args):  # the conversion runs, then is killed (-9) before it is sealed
+    real(args)
+    Path(sys.argv[2]).write_text("converted")
+    time.sleep(600)
+ds_to_universal.main = slow
+to_universal(sys.argv[1])
+"""
+
+
+def test_the_universal_conversion_survives_a_kill_and_happens_once(zero2_run, tmp_path):
+    ckpt = tmp_path / "step_4"
+    shutil.copytree(zero2_run / "checkpoints" / f"step_{SAVE_EVERY}", ckpt)
+    flag = tmp_path / "converted"
+    proc = subprocess.Popen([sys.executable, "-c", KILL_DURING_CONVERSION, str(ckpt), str(flag)], cwd=REPO)
+    deadline = time.time() + 240
+    while not flag.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    assert flag.exists(), "the conversion did not run"
+    proc.kill()
+    proc.wait()
+    assert not (ckpt / "universal").exists()  # nothing half-made under the final name
+    assert list(ckpt.glob(".universal-*.partial"))  # the leftover, removed by the next attempt
+    verify_checkpoint(ckpt)  # the checkpoint itself is untouched
+    from vlp.train import reshard
+
+    final = reshard.to_universal(ckpt)
+    assert final == ckpt / "universal" and not list(ckpt.glob(".universal-*.partial"))
+    verify_checkpoint(final)
+    sealed = (final / "manifest.json").stat().st_mtime_ns
+    assert reshard.to_universal(ckpt) == final  # once: the next resume reuses it
+    assert (final / "manifest.json").stat().st_mtime_ns == sealed
 
 
 def test_two_machines_on_localhost_match_one_machine_and_their_checkpoint_resumes(zero2_run, train_shards, tmp_path):

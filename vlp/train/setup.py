@@ -48,6 +48,7 @@ from .backend import Backend
 from .errors import TrainingError
 from .evaluation import ZeroShotEvaluator, read_eval_sets
 from .hooks import TrainHooks, load_hooks
+from .reshard import is_zero_checkpoint, to_universal
 from .state import Checkpointer, Counters, LoaderPosition, RunFiles, TeacherWeights
 from .step import Stepper
 from .stopping import StopSignal
@@ -193,6 +194,24 @@ def on_main_then_all(backend: Backend, fn: Callable[[], None]) -> None:
     backend.acc.wait_for_everyone()
     if any_rank(error is not None):
         raise TrainingError(str(error) if error else "the main process failed during setup (see its log)")
+
+
+def universal_state(backend: Backend, checkpoint: Path) -> Path | None:
+    """Where a ZeRO checkpoint saved by another world size is loaded from: its universal conversion
+    (:func:`.reshard.to_universal`, made once by rank 0 while the others wait), or None when the
+    checkpoint loads as it is (the same world size, or DDP state, which every rank holds whole)."""
+    saved = int(read_trainer_state(checkpoint).get("world_size", 0))
+    if saved == backend.acc.num_processes or not is_zero_checkpoint(checkpoint):
+        return None
+    if not backend.deepspeed:
+        raise TrainingError(
+            f"{checkpoint} holds DeepSpeed ZeRO state of {saved} ranks: resume it under DeepSpeed "
+            "(a ZeRO launch config)"
+        )
+    if backend.acc.is_main_process:
+        print(f"# {checkpoint}: ZeRO state of {saved} ranks, {backend.acc.num_processes} now: converting it to "
+              "DeepSpeed's universal checkpoint (once; later resumes reuse it)", flush=True)  # fmt: skip
+    return Path(decided_on_main(lambda: str(to_universal(checkpoint))))
 
 
 def seed_a_new_rank(folder: Path, seed: int, step: int, rank: int) -> None:
@@ -346,7 +365,7 @@ def build_run(cfg: Config) -> Run:
     checkpointer.register("files", RunFiles(files, is_main))
     reshaped = ""
     if resume_from is not None:
-        checkpointer.load(resume_from)
+        checkpointer.load(resume_from, universal=universal_state(backend, resume_from))
         reshaped = continue_in_samples(cfg, counters, global_batch)
         seed_a_new_rank(resume_from, t.seed, counters.step, rank)
     run = Run(

@@ -25,6 +25,7 @@ from ..checkpoint import TRAINER_STATE, read_trainer_state, save_checkpoint
 from ..ema import EMATeacher
 from ..export import deepspeed_safe_globals, refusal_error, weights_only_loads
 from .errors import TrainingError
+from .reshard import load_universal
 
 
 class Stateful(Protocol):
@@ -134,13 +135,18 @@ class Checkpointer:
         """Collective: every rank calls it."""
         return save_checkpoint(self.acc, self.output_dir, step, self._write_parts, self.keep_last)
 
-    def load(self, folder: Path) -> None:
-        """Restore everything from ``folder`` (verified by the caller). Every torch file is read with
-        weights_only, DeepSpeed's included (it asks for full unpickling; see vlp.export)."""
+    def load(self, folder: Path, universal: Path | None = None) -> None:
+        """Restore everything from ``folder`` (verified by the caller); the model, optimizer and RNG
+        states from ``universal`` instead when given (:mod:`.reshard`: ZeRO state saved by another world
+        size). Every torch file is read with weights_only, DeepSpeed's included (it asks for full
+        unpickling; see vlp.export)."""
         safe = deepspeed_safe_globals() if self.acc.distributed_type == DistributedType.DEEPSPEED else []
         try:
             with weights_only_loads(safe):
-                self.acc.load_state(str(folder))
+                if universal is not None:
+                    load_universal(self.acc, universal)
+                else:
+                    self.acc.load_state(str(folder))
         except pickle.UnpicklingError as exn:
             raise TrainingError(f"cannot resume: {refusal_error(folder, exn)}") from None
         for part in self.parts.values():
