@@ -78,6 +78,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/memory.py
 	$(BIN)/python benchmarks/kmeans_memory.py
 	$(BIN)/python benchmarks/comm_bytes.py
+	$(BIN)/python benchmarks/resume_seek.py
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache

@@ -113,7 +113,7 @@ def main() -> int:
         f"{total / 2**30:.2f} GiB in {len(list(folder.glob('*.tar')))} shards (warm page cache)",
         rows,
         columns,
-        args,
+        argparse.Namespace(**{k: v for k, v in vars(args).items() if k != "data"}),  # no machine paths
         shard_set_bytes=total,
     )
     if tmp is not None:

@@ -37,6 +37,8 @@ def fake_checkpoint(root: Path, step: int, seal: bool = True) -> Path:
     (folder / "pytorch_model").mkdir(parents=True)
     state = {"step": step, "skipped_steps": 0, "world_size": 1, "batch_size": 8, "max_steps": 100}
     (folder / TRAINER_STATE).write_text(json.dumps(state))
+    position = {"version": 2, "mode": "split", "seed": 0, "shuffle_buffer": 1000, "epoch": 0, "position": 8 * step}
+    (folder / "loader.json").write_text(json.dumps(position))
     (folder / "model.safetensors").write_bytes(bytes(range(256)) * 64)
     (folder / "pytorch_model" / "mp_rank_00_model_states.pt").write_bytes(b"engine" * 100)
     if seal:
@@ -55,6 +57,7 @@ def test_a_sealed_checkpoint_verifies_and_its_manifest_lists_every_file(tmp_path
     verify_checkpoint(folder)
     manifest = json.loads((folder / MANIFEST).read_text())
     assert sorted(manifest["files"]) == [
+        "loader.json",
         "model.safetensors",
         "pytorch_model/mp_rank_00_model_states.pt",
         "trainer_state.json",

@@ -3,6 +3,7 @@ parts' round trip, the term registry that config and trainer consult, and the te
 
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
@@ -195,3 +196,44 @@ def test_data_bound_watch_warns_once_per_period_with_the_measured_rates():
     assert "data.workers=1; one loader core makes 150 images/s, the step takes 128/s" in line
     fresh = DataBoundWatch(share=0.1, workers=0, images_per_step=8)
     assert not any(fresh.check(s, 1.0, 1.0, None) for s in range(1, WARMUP + 1))  # start-up is not judged
+
+
+def test_a_resume_that_would_change_the_data_order_is_refused_naming_the_key(train_shards, tmp_path):
+    """train.seed, data.mode, data.shuffle_buffer and the shard list decide the global order: another
+    value is refused (before anything is written: resolve_resume runs first); the job's shape is not."""
+    from data_pipelines.loader import StreamingLoader
+    from vlp.config import load_config
+    from vlp.train.setup import refuse_another_data_order
+
+    ckpt = tmp_path / "step_4"
+    ckpt.mkdir()
+    saved = StreamingLoader(str(train_shards), preprocess=lambda x: x, tokenizer=lambda x: x, batch_size=8, seed=3)
+    (ckpt / "loader.json").write_text(json.dumps(saved.state_dict()))
+
+    def cfg(*overrides):
+        base = [
+            f"output_dir={tmp_path / 'out'}",
+            f"data.train={train_shards}",
+            "train.seed=3",
+            "data.shuffle_buffer=1000",
+        ]
+        return load_config(None, [*base, *overrides])
+
+    refuse_another_data_order(cfg("train.batch_size=16", "data.workers=4", "train.accum_steps=2"), ckpt)
+    fewer = tmp_path / "fewer"  # the same shards, one left out
+    fewer.mkdir()
+    for shard in sorted(train_shards.glob("*.tar"))[:-1]:
+        (fewer / shard.name).symlink_to(shard)
+    moved = tmp_path / "moved"  # all of them, somewhere else: the same data
+    moved.mkdir()
+    for shard in sorted(train_shards.glob("*.tar")):
+        (moved / shard.name).symlink_to(shard)
+    refuse_another_data_order(cfg(f"data.train={moved}"), ckpt)
+    for override, key in [
+        ("train.seed=4", "train.seed"),
+        ("data.shuffle_buffer=10", "data.shuffle_buffer"),
+        ("data.mode=resampled", "data.mode"),
+        (f"data.train={fewer}", "data.train"),
+    ]:
+        with pytest.raises(TrainingError, match=f"{key} differs from the checkpoint's"):
+            refuse_another_data_order(cfg(override), ckpt)

@@ -23,7 +23,7 @@ from open_clip_train.scheduler import cosine_lr
 from data_pipelines.loader import StreamingLoader
 from data_pipelines.loader.decode import stable_seed
 from data_pipelines.loader.stream import data_fingerprint
-from data_pipelines.shards.specs import parse_sources
+from data_pipelines.shards.specs import SpecError, parse_sources
 from data_pipelines.sources.shapes import WorldConfig, generate_world
 
 from ..checkpoint import (
@@ -162,8 +162,10 @@ def refuse_another_data_order(cfg: Config, path: Path) -> None:
     saved = json.loads(saved_path.read_text())
     d = cfg.data
     now = {"seed": cfg.train.seed, "mode": d.mode, "shuffle_buffer": d.shuffle_buffer}
-    if d.train or Path(train_spec(cfg)).is_dir():  # a shapes world not generated yet is checked by the loader
+    try:  # a shapes world not generated yet, or a spec that names no shard, is the loader's to refuse
         now["data"] = data_fingerprint(parse_sources(train_spec(cfg), d.weights), d.mode)
+    except SpecError:
+        pass
     for key, value in now.items():
         if saved.get(key) != value:
             what = "the shard list (file names) or source weights" if key == "data" else f"{saved.get(key)!r}"
