@@ -157,9 +157,20 @@ def test_episode_replay_clusters_the_coming_batches_and_rewinds(tmp_path):
     fresh = Episodes(clusters=3, episode_steps=2, iters=10, seed=0, rank=0)
     fresh.load(tmp_path)
     assert fresh.current.labels == episodes.current.labels
-    other_rank = Episodes(clusters=3, episode_steps=2, iters=10, seed=0, rank=1)
-    other_rank.load(tmp_path)  # rank 1 has no file: before its first clustering
-    assert other_rank.current is None
+    # A rank that did not save (the run now has more ranks) takes every saved rank's labels, keyed by
+    # sample, so it finds its samples' clusters whichever rank clustered them.
+    new_rank = Episodes(clusters=3, episode_steps=2, iters=10, seed=0, rank=1)
+    new_rank.load(tmp_path)
+    assert new_rank.current.labels == episodes.current.labels
+    rank1 = Episodes(clusters=3, episode_steps=2, iters=10, seed=0, rank=1)
+    rank1.current = type(episodes.current)(**{**vars(episodes.current), "labels": {"z1": (0, 1)}})
+    rank1.save(tmp_path)
+    one = Episodes(clusters=3, episode_steps=2, iters=10, seed=0, rank=0)  # two ranks saved, one resumes
+    one.load(tmp_path)
+    assert one.current.labels == {**episodes.current.labels, "z1": (0, 1)}
+    before = Episodes(clusters=3, episode_steps=2, iters=10, seed=0, rank=0)
+    before.load(tmp_path / "nowhere")  # no file: before the first clustering
+    assert before.current is None
 
 
 def test_projection_heads_get_no_weight_decay():
