@@ -93,6 +93,7 @@ def test_missing_photos_command_says_to_pass_data(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
+@pytest.mark.scale  # about 2 minutes: make scale (CI runs it after make test)
 def test_dry_run_measures_every_configuration(tmp_path):
     shards = tmp_path / "shards"
     write_shards(shards, jpeg_samples(48), shard_size=16)

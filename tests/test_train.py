@@ -179,6 +179,7 @@ def test_a_ddp_checkpoint_continues_on_another_number_of_ranks(single_run, ddp_r
     same_losses(single_run, out, range(SAVE_EVERY + 1, MAX_STEPS + 1))
 
 
+@pytest.mark.scale  # make scale (CI runs it after make test)
 def test_another_global_batch_continues_counted_in_samples(ddp_run, train_shards, tmp_path):
     """2 x 8 (global 16) at step 4 -> 1 x 32: allowed, with one message saying what changes; the run
     then ends after the same number of samples (12 x 16 = 6 x 32)."""

@@ -37,7 +37,7 @@ from ..checkpoint import (
 from ..config import Config, to_yaml
 from ..distributed import any_rank, broadcast_object, is_distributed, rank_of_process, world_size
 from ..ema import EMATeacher
-from ..export import CONFIG_NAME
+from ..export import CONFIG_NAME, deepspeed_safe_globals, weights_only_loads
 from ..model import DualEncoder, build_model, count_parameters, param_groups
 from ..objectives import Objective, TermOptions
 from ..objectives.registry import EXTERNAL, HEADS, teacher_terms
@@ -213,7 +213,12 @@ def universal_state(backend: Backend, checkpoint: Path) -> Path | None:
     if backend.acc.is_main_process:
         print(f"# {checkpoint}: ZeRO state of {saved} ranks, {backend.acc.num_processes} now: converting it to "
               "DeepSpeed's universal checkpoint (once; later resumes reuse it)", flush=True)  # fmt: skip
-    return Path(decided_on_main(lambda: str(to_universal(checkpoint))))
+
+    def convert() -> str:
+        with weights_only_loads(deepspeed_safe_globals()):  # DeepSpeed's files read as data only
+            return str(to_universal(checkpoint))
+
+    return Path(decided_on_main(convert))
 
 
 def seed_a_new_rank(folder: Path, seed: int, step: int, rank: int) -> None:
