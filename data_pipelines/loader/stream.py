@@ -26,7 +26,7 @@ from ..shards.reader import TRUNCATED_SHARD, UNREADABLE_SHARD, SkipCounter, Skip
 from ..shards.specs import Source, local_path, shard_name
 from .decode import SampleDecoder
 from .decode import stable_seed as _seed
-from .order import MODES, EpochOrder
+from .order import MODES, EpochOrder, rank_positions
 
 __all__ = ["MODES", "DataPipelineError", "ShardFile", "ShardStream", "resolve_shards"]
 
@@ -235,8 +235,10 @@ class ShardStream(IterableDataset):
 
     def _positions(self, order: EpochOrder, j: int) -> range:
         """The positions of this rank's part of its ``j``-th batch from the start (clipped at the end)."""
-        first = self.start + j * self.global_batch + self.rank * self.batch_size
-        return range(min(first, len(order)), min(first + self.batch_size, len(order)))
+        mine = rank_positions(
+            j, global_batch=self.global_batch, per_rank=self.batch_size, rank=self.rank, start=self.start
+        )
+        return range(min(mine.start, len(order)), min(mine.stop, len(order)))
 
     def __iter__(self) -> Iterator[tuple[dict[str, Any], _BatchMeta]]:
         info = get_worker_info()
