@@ -98,6 +98,7 @@ def cmd_peek(args: argparse.Namespace) -> int:
             if i + 1 >= args.batches:
                 break
         seconds = time.perf_counter() - start
+        loader.close()
     except (SpecError, DataPipelineError, ValueError) as exn:
         return _err(str(exn), EXIT_DATA)
     print(

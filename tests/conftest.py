@@ -125,3 +125,19 @@ def exported(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("export") / "model"
     export_state(built.model.state_dict(), built.open_clip_config, out)
     return out
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """A child process still alive when the tests end (a DataLoader worker of an iterator nobody closed)
+    would make the interpreter's exit wait on it: name it, end it, and fail the run instead of hanging."""
+    import multiprocessing
+
+    left = multiprocessing.active_children()
+    if not left:
+        return
+    names = ", ".join(f"{p.name} (pid {p.pid})" for p in left)
+    print(f"\nchild processes still alive when the tests ended: {names}; ending them", flush=True)
+    for p in left:
+        p.kill()
+        p.join(5)
+    session.exitstatus = pytest.ExitCode.TESTS_FAILED

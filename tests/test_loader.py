@@ -150,6 +150,34 @@ def test_workers_persist_across_epochs(world, preprocess, tokenizer, tmp_path):
     assert per_epoch[0] != per_epoch[1] != per_epoch[2]
 
 
+def test_closing_ends_the_workers_and_a_script_that_leaves_early_exits(world, preprocess, tokenizer):
+    """The workers ignore SIGTERM (a preemption signal is the trainer's to handle), so the interpreter's
+    exit, which ends children with SIGTERM and waits for them, hung when a loader was still alive then."""
+    import multiprocessing
+    import subprocess
+    import sys
+
+    with loader(world / "train", preprocess, tokenizer, num_workers=2, epochs=None) as ld:
+        next(iter(ld))
+        assert len(multiprocessing.active_children()) >= 2
+    assert multiprocessing.active_children() == []
+    assert len(next(iter(ld))["key"]) == 8  # iterating again starts new workers
+    ld.close()
+
+    script = (
+        "import open_clip\n"
+        "from data_pipelines.loader import StreamingLoader\n"
+        f"ld = StreamingLoader({str(world / 'train')!r}, preprocess=open_clip.image_transform(32, is_train=False),\n"
+        "    tokenizer=open_clip.get_tokenizer('ViT-B-32'), batch_size=4, num_workers=2)\n"
+        "for i, batch in enumerate(ld):\n"
+        "    if i == 2:\n"
+        "        break\n"
+        "print('leaving', flush=True)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "leaving" in done.stdout, done.stderr
+
+
 @pytest.mark.parametrize(
     "num_workers,resume_workers,consumed,neighbours",
     [(0, 0, 7, False), (2, 3, 9, False), (3, 1, 4, False), (2, 2, 35, False), (2, 0, 30, True)],

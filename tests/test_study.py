@@ -252,7 +252,11 @@ def test_a_cell_that_cannot_be_evaluated_fails_with_one_message(tmp_path, export
         "evaluate": {"start": str(exported), "probes": {"shapes": str(empty)}},
         "results": str(tmp_path / "results"),
     }
+    handlers = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
     assert vlp_study(["--config", str(_study_file(tmp_path, body))]) == 1
+    # The study's handlers last only while its cells run: this process (and what it forks later) gets its
+    # own back, or a later SIGTERM would raise KeyboardInterrupt in a DataLoader worker instead of ending it.
+    assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == handlers
     err = capsys.readouterr().err
     assert "cell start: evaluating" in err and f"{empty} holds no SugarCrepe" in err
     assert not (tmp_path / "results" / "cells" / "start.json").exists()

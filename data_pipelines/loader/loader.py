@@ -4,11 +4,13 @@ of ranks and workers."""
 
 from __future__ import annotations
 
+import atexit
 import functools
 import logging
 import os
 import signal
 import tempfile
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -45,6 +47,12 @@ def _init_worker(nice: int, _worker_id: int) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     if nice:
         os.nice(nice)
+
+
+def _close_at_exit(ref: weakref.ref) -> None:
+    loader = ref()
+    if loader is not None:
+        loader.close()
 
 
 class StreamingLoader:
@@ -290,6 +298,10 @@ class StreamingLoader:
                     persistent_workers=True,
                     pin_memory=self.pin_memory,  # pinned batches copy to the GPU without blocking the host
                 )
+                # The workers ignore SIGTERM (_init_worker), so the interpreter's exit, which ends child
+                # processes with it and then waits for them, would wait forever on a loader still alive
+                # then (a script that leaves its loop early). This runs first: atexit is last in, first out.
+                atexit.register(_close_at_exit, weakref.ref(self))
             loader = self._loader
         else:
             loader = ds
@@ -303,6 +315,24 @@ class StreamingLoader:
                 continue
             self.batches_in_epoch += 1
             yield batch
+
+    def close(self) -> None:
+        """End the worker processes (they persist across epochs); iterating again starts new ones."""
+        loader, self._loader = self._loader, None
+        running = getattr(loader, "_iterator", None)
+        if running is None:
+            return
+        running._shutdown_workers()  # what the DataLoader's iterator does when it is collected
+        for w in getattr(running, "_workers", []):
+            if w.is_alive():  # one that missed the shutdown message; SIGTERM would not end it
+                w.kill()
+                w.join()
+
+    def __enter__(self) -> StreamingLoader:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         while self.epochs is None or self.epoch < self.epochs:

@@ -18,6 +18,7 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from .cells import (
@@ -140,6 +141,77 @@ def _on_sigterm(signum, frame):
     raise KeyboardInterrupt
 
 
+@contextmanager
+def _signals_stop_the_study():
+    """SIGTERM and SIGINT stop the study at a checkpoint (KeyboardInterrupt), for as long as cells run.
+    The previous handlers come back afterwards: a caller in the same process (a test, a notebook) and
+    the processes it forks later must not inherit a SIGTERM that raises instead of ending them."""
+    # Started in the background (nohup, `&`), a process inherits SIGINT ignored; Ctrl-C / kill -INT
+    # must still stop the study at a checkpoint.
+    old = signal.signal(signal.SIGTERM, _on_sigterm), signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old[0])
+        signal.signal(signal.SIGINT, old[1])
+
+
+def _run_cells(study, cells, args) -> int | None:
+    """Run the cells not yet done; an exit code when the study stops early, None when all ran."""
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    todo = [c for c in cells if not result_path(study, c).is_file()]
+    print(
+        f"study {study.name}: {len(cells)} cells, {len(cells) - len(todo)} done, {len(todo)} to run "
+        f"(results in {study.results})",
+        flush=True,
+    )
+    ran = 0
+    for i, cell in enumerate(todo, 1):
+        if args.max_cells and ran >= args.max_cells:
+            break
+        if result_path(study, cell).is_file():
+            continue  # finished meanwhile by another vlp-study process
+        try:
+            claimed = claim(study, cell)
+        except OSError as exn:
+            print(f"vlp-study: {exn}", file=sys.stderr)
+            return 2
+        if claimed is None:
+            print(f"[{i}/{len(todo)}] {cell.name}: being run by another vlp-study process; skipped", flush=True)
+            continue
+        if result_path(study, cell).is_file():  # finished by the process that held it until just now
+            claimed.release()
+            continue
+        print(f"[{i}/{len(todo)}] {cell.name}", flush=True)
+        start = time.perf_counter()
+        try:
+            record = run_cell(study, cell, lambda m: print(m, flush=True), (claimed.file.fileno(),))
+            record.update(machine=_machine(), vlp_commit=_commit(), seconds=time.perf_counter() - start)
+            run_dir = None if cell.recipe == START else Path(study.runs) / cell.name
+            path = finish_cell(study, cell, record, run_dir)  # done, before the claim is released
+        except (Interrupted, KeyboardInterrupt):
+            print(f"interrupted during {cell.name}; rerun the same command to resume it", file=sys.stderr)
+            return 130
+        except CellFailed as exn:
+            print(f"vlp-study: {exn}", file=sys.stderr)
+            write_report(study)
+            return 1
+        finally:
+            claimed.release()
+        ran += 1
+        shown = {
+            k: f"{v['accuracy']:.3f}"
+            for k, v in record["metrics"].items()
+            if k.startswith("zeroshot/") or k.endswith("replace_rel")
+        }
+        print(f"  done in {record['seconds']:.0f} s -> {path}  {shown}", flush=True)
+        write_report(study)
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -168,61 +240,10 @@ def main(argv: list[str] | None = None) -> int:
                 file=sys.stderr,
             )
             return 2
-        signal.signal(signal.SIGTERM, _on_sigterm)
-        # Started in the background (nohup, `&`), a process inherits SIGINT ignored; Ctrl-C / kill -INT
-        # must still stop the study at a checkpoint.
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        if args.threads:
-            import torch
-
-            torch.set_num_threads(args.threads)
-        todo = [c for c in cells if not result_path(study, c).is_file()]
-        print(
-            f"study {study.name}: {len(cells)} cells, {len(cells) - len(todo)} done, {len(todo)} to run "
-            f"(results in {study.results})",
-            flush=True,
-        )
-        ran = 0
-        for i, cell in enumerate(todo, 1):
-            if args.max_cells and ran >= args.max_cells:
-                break
-            if result_path(study, cell).is_file():
-                continue  # finished meanwhile by another vlp-study process
-            try:
-                claimed = claim(study, cell)
-            except OSError as exn:
-                print(f"vlp-study: {exn}", file=sys.stderr)
-                return 2
-            if claimed is None:
-                print(f"[{i}/{len(todo)}] {cell.name}: being run by another vlp-study process; skipped", flush=True)
-                continue
-            if result_path(study, cell).is_file():  # finished by the process that held it until just now
-                claimed.release()
-                continue
-            print(f"[{i}/{len(todo)}] {cell.name}", flush=True)
-            start = time.perf_counter()
-            try:
-                record = run_cell(study, cell, lambda m: print(m, flush=True), (claimed.file.fileno(),))
-                record.update(machine=_machine(), vlp_commit=_commit(), seconds=time.perf_counter() - start)
-                run_dir = None if cell.recipe == START else Path(study.runs) / cell.name
-                path = finish_cell(study, cell, record, run_dir)  # done, before the claim is released
-            except (Interrupted, KeyboardInterrupt):
-                print(f"interrupted during {cell.name}; rerun the same command to resume it", file=sys.stderr)
-                return 130
-            except CellFailed as exn:
-                print(f"vlp-study: {exn}", file=sys.stderr)
-                write_report(study)
-                return 1
-            finally:
-                claimed.release()
-            ran += 1
-            shown = {
-                k: f"{v['accuracy']:.3f}"
-                for k, v in record["metrics"].items()
-                if k.startswith("zeroshot/") or k.endswith("replace_rel")
-            }
-            print(f"  done in {record['seconds']:.0f} s -> {path}  {shown}", flush=True)
-            write_report(study)
+        with _signals_stop_the_study():
+            code = _run_cells(study, cells, args)
+        if code is not None:
+            return code
     summary = write_report(study)
     print((Path(study.results) / "table.md").read_text())
     print(

@@ -50,6 +50,7 @@ def train(run: Run) -> int:
         raise
     finally:
         heartbeat.stop()
+        run.loader.close()  # its workers persist across epochs: end them with the run, not at exit
     return EXIT_OK
 
 
