@@ -59,13 +59,13 @@ test: $(STAMP) browser
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q -m "not faults and not scale" tests
 
-# Slower multi-process checks of issue 23 (README "Launching at scale"): the per-step collective and
+# Slower multi-process checks of issue 23 (docs/launching.md "Launching at scale"): the per-step collective and
 # host-sync budget of the hot loop (tests/test_hot_loop.py) and launch/slurm.sh through preemption and
 # requeue under a fake srun. CI runs them after make test.
 scale: $(STAMP)
 	$(BIN)/python -m pytest -q -m scale tests
 
-# Runs with injected faults (README "Faults and recovery"); the full-disk test mounts a tmpfs (root).
+# Runs with injected faults (docs/launching.md "Faults and recovery"); the full-disk test mounts a tmpfs (root).
 faults: $(STAMP)
 	$(BIN)/python -m pytest -q -m faults tests/test_faults.py
 

@@ -8,11 +8,12 @@ import logging
 import sys
 import time
 
-from .cli_common import EXIT_DATA, EXIT_USAGE, add_command, command_parser, error
+from vlp.common.atomic import write_json_atomic
+from vlp.common.cli import EXIT_DATA, EXIT_USAGE, add_command, command_parser, error
+
 from .cli_neighbours import add_neighbours_command
 from .cli_photos import add_photos_command
 from .cli_probes import add_probes_command
-from .shards.atomic import write_json_atomic
 from .shards.specs import SpecError
 from .shards.stats import default_workers, shard_stats
 from .sources.ingest import TableError, write_shards

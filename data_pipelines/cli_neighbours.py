@@ -6,7 +6,8 @@ import argparse
 import json
 import sys
 
-from .cli_common import EXIT_DATA, EXIT_USAGE, add_command, error
+from vlp.common.cli import EXIT_DATA, EXIT_USAGE, add_command, error
+
 from .shards.specs import SpecError
 
 HELP = (

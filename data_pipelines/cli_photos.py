@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from .cli_common import EXIT_USAGE, add_command, error
+from vlp.common.cli import EXIT_USAGE, add_command, error
 
 HELP = "write shards of JPEG crops of the photographs scikit-image and scikit-learn ship (a throughput corpus)"
 DESCRIPTION = (

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from .cli_common import EXIT_USAGE, add_command, error
+from vlp.common.cli import EXIT_USAGE, add_command, error
+
 from .sources.shapes.drawing import DRAWINGS
 from .sources.shapes.probes import ProbesConfig, generate_probes
 from .sources.shapes.scene import DEFAULT_HELDOUT, parse_heldout

@@ -26,9 +26,10 @@ from pathlib import Path
 
 import torch
 
+from vlp.common.atomic import staged, write_json_atomic
+from vlp.common.models import image_encoder
+
 from .loader.decode import NEIGHBOUR_PREFIX
-from .models import image_encoder
-from .shards.atomic import staged, write_json_atomic
 from .shards.reader import BAD_JSON, SkipCounter, SkipSample, caption, decode_image, image_member, iter_shard
 from .shards.specs import rewrite_plan
 from .shards.writer import ShardSink

@@ -13,8 +13,8 @@ import sys
 import time
 from pathlib import Path
 
-from data_pipelines.cli_common import EXIT_USAGE, add_command, command_parser, error
-from data_pipelines.shards.atomic import write_json_atomic, write_text_atomic
+from vlp.common.atomic import write_json_atomic, write_text_atomic
+from vlp.common.cli import EXIT_USAGE, add_command, command_parser, error
 
 
 def _err(msg: str) -> int:
@@ -24,10 +24,11 @@ def _err(msg: str) -> int:
 def cmd_zeroshot(args: argparse.Namespace) -> int:
     import torch
 
-    from .datasets import DatasetError, read_dataset, read_templates
+    from .dataset_specs import read_dataset, read_templates
+    from .datasets import DatasetError
     from .models import ModelError, load_model
-    from .report import zeroshot_table
     from .zeroshot import count_fields, evaluate_counts
+    from .zeroshot_tables import zeroshot_table
 
     try:
         templates = read_templates(args.templates) if args.templates else None
@@ -137,7 +138,7 @@ def run_compositional(args: argparse.Namespace, loaded) -> dict:
 
 
 def cmd_compositional(args: argparse.Namespace) -> int:
-    from .compositional_report import bar_chart, markdown
+    from .compositional_tables import bar_chart, markdown
     from .datasets import DatasetError
     from .models import ModelError, load_model
 
@@ -212,7 +213,7 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from .report_page import ReportError, write_report
+    from .report import ReportError, write_report
 
     if Path(args.out).suffix.lower() not in (".html", ".htm"):
         return _err(f"--out {args.out}: the report is an HTML page (e.g. report.html; its Markdown twin goes beside)")

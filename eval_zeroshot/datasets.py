@@ -8,7 +8,6 @@ an image that does not decode, when it is reached. Each message names the file.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -160,60 +159,3 @@ def read_caption_table(path: Path) -> EvalSet:
         by_image.setdefault(row.image, []).append(row.caption)
     items = [Item(_loader(Path(img)), captions=caps, name=img) for img, caps in by_image.items()]
     return EvalSet(path.stem, "retrieval", items)
-
-
-def read_dataset(spec: str, split: str = "test", classnames: str | None = None) -> EvalSet:
-    """Pick the reader from what ``spec`` is: a named dataset (``imagenet:PATH``, see named.py), a wds
-    root, an ImageFolder, or a caption table."""
-    from .named import parse_named, read_named
-
-    name, rest = parse_named(spec)
-    if name is not None:
-        if classnames:
-            raise DatasetError(f"{spec}: a named dataset brings its class names; --classnames is for plain folders")
-        return read_named(name, rest, split)
-    path = Path(spec)
-    if path.is_file():
-        return read_caption_table(path)
-    if not path.is_dir():
-        head, sep, _ = spec.partition(":")
-        if sep and head and "/" not in head and not Path(head).exists():  # NAME:PATH with an unknown NAME
-            from .named import known_names
-
-            known = ", ".join(known_names())
-            raise DatasetError(f"dataset {spec} does not exist, and {head!r} is not a dataset name ({known})")
-        raise DatasetError(f"dataset {spec} does not exist")
-    if (path / split / "nshards.txt").is_file() or (path / "classnames.txt").is_file():
-        return read_wds(path, split)
-    return read_image_folder(path, Path(classnames) if classnames else None)
-
-
-def read_templates(path: str) -> list[str]:
-    """``openai`` / ``simple`` (open_clip's ImageNet templates), or a templates file: one per line with
-    ``{c}``, or a JSON list."""
-    from .named import TEMPLATE_SETS, template_set
-
-    if path in TEMPLATE_SETS and not Path(path).is_file():
-        return template_set(path)
-    p = Path(path)
-    if not p.is_file():
-        raise DatasetError(f"templates file {p} does not exist (or name a set: openai, simple)")
-    text = p.read_text(encoding="utf-8")
-    templates = json.loads(text) if text.lstrip().startswith("[") else _lines(p)
-    bad = [t for t in templates if "{c}" not in t]
-    if bad or not templates:
-        raise DatasetError(f"{p}: every template needs a {{c}} placeholder (e.g. 'a photo of a {{c}}.'): {bad[:2]}")
-    return templates
-
-
-def split_spec(spec: str) -> tuple[str, str]:
-    """``PATH:split`` -> (PATH, split); a plain PATH -> (PATH, "test"). A named dataset keeps its name:
-    ``imagenet:PATH:val`` -> ("imagenet:PATH", "val"), ``imagenet:PATH`` -> ("imagenet:PATH", "test")."""
-    from .named import parse_named
-
-    name, rest = parse_named(spec)
-    prefix = f"{name}:" if name is not None else ""
-    head, sep, tail = rest.rpartition(":")
-    if sep and head and tail and "/" not in tail:
-        return prefix + head, tail
-    return spec, "test"

@@ -46,8 +46,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from vlp.common.intervals import wilson
+
 from .compositional import Scorer
-from .intervals import wilson
 
 TEXT_BLIND_COSINE = 0.99
 IMAGE_MARGIN = 0.05
@@ -569,7 +570,7 @@ def _f(value: float | None, digits: int = 4) -> str | None:
 
 def report(result: dict) -> str:
     """Markdown tables (text tower, relation probe) and the verdict, as the CLI prints them."""
-    from data_pipelines.tables import markdown_table
+    from vlp.common.tables import markdown_table
 
     scores = result["compositional"]
     rows = [

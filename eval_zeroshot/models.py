@@ -9,8 +9,8 @@ from dataclasses import dataclass
 import open_clip
 import torch
 
-# Defined with the data side (which embeds images with any model, too); imported from here by vlp.
-from data_pipelines.models import register_architecture
+# One definition of an architecture file for every package (vlp.common).
+from vlp.common.models import register_architecture
 
 __all__ = ["LoadedModel", "ModelError", "load_model", "register_architecture"]
 

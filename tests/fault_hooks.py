@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from vlp.train.hooks import TrainHooks
+from vlp.train.fault_seams import TrainHooks
 
 REPO = Path(__file__).resolve().parents[1]
 KEYS = {"nonfinite_loss_steps", "nonfinite_grad_steps", "step_sleep"}

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import torch
 
-from vlp.export import checkpoint_state_dict, clip_weights
+from vlp.checkpoint import checkpoint_state_dict
+from vlp.export import clip_weights
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from vlp.train.hooks import TrainHooks
+from vlp.train.fault_seams import TrainHooks
 
 COLLECTIVES = (
     "all_reduce",

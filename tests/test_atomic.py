@@ -1,10 +1,10 @@
-"""Folders built beside their final name and put in place whole (data_pipelines/shards/atomic.py)."""
+"""Folders built beside their final name and put in place whole (vlp/common/atomic.py)."""
 
 from __future__ import annotations
 
 import pytest
 
-from data_pipelines.shards.atomic import staged, staging_path
+from vlp.common.atomic import staged, staging_path
 
 
 def test_a_staged_folder_replaces_the_old_one_only_when_complete(tmp_path):

@@ -26,9 +26,9 @@ from vlp.checkpoint import (
     write_manifest,
 )
 from vlp.config import load_config
-from vlp.train.collectives import Heartbeat, is_collective_failure
 from vlp.train.errors import TrainingError
 from vlp.train.setup import resolve_resume
+from vlp.train.watchdog import Heartbeat, is_collective_failure
 
 
 def fake_checkpoint(root: Path, step: int, seal: bool = True) -> Path:
@@ -153,7 +153,7 @@ class _OneRank:
 
 
 def test_a_save_hashes_each_file_once(tmp_path, monkeypatch):
-    import vlp.checkpoint as checkpoint
+    import vlp.checkpoint.disk as checkpoint
 
     hashed = []
     digest = checkpoint.file_digest
@@ -172,7 +172,7 @@ def test_a_save_hashes_each_file_once(tmp_path, monkeypatch):
 def _resume_on_two_ranks(rank: int, port: int, root: str, resume: str, results) -> None:
     import torch.distributed as dist
 
-    import vlp.checkpoint as checkpoint
+    import vlp.checkpoint.disk as checkpoint
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=2)

@@ -4,7 +4,7 @@ Under NCCL a collective of a CPU tensor raises "No backend type associated with 
 process group whose only backend is bound to CUDA (``backend="cuda:gloo"``) rejects CPU tensors the
 same way on a machine without a GPU, so the trainer's collective helpers run here under such a group,
 on 2 ranks: every helper the trainer, the objectives and ProtoCLIP call with host values must work
-there (vlp.distributed routes them through a gloo group for CPU objects), and a raw CPU collective on
+there (vlp.collectives routes them through a gloo group for CPU objects), and a raw CPU collective on
 the default group must fail with the message that names what went wrong.
 """
 
@@ -25,7 +25,7 @@ def _helpers_under_cuda_only_group(rank: int, world: int, port: int, errors) -> 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group(backend="cuda:gloo", rank=rank, world_size=world)
     try:
-        from vlp.distributed import (
+        from vlp.collectives import (
             all_reduce_sum,
             any_rank,
             broadcast_coalesced,
@@ -35,7 +35,7 @@ def _helpers_under_cuda_only_group(rank: int, world: int, port: int, errors) -> 
         )
         from vlp.protoclip.kmeans import back_translated, kmeans
         from vlp.train.agreement import StepWindow
-        from vlp.train.collectives import wrong_device
+        from vlp.train.watchdog import wrong_device
 
         # The class of bug, as NCCL shows it: the default group has no CPU backend.
         try:

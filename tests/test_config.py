@@ -78,7 +78,7 @@ def test_print_config_shows_the_resolved_tree(capsys):
 
 
 def test_a_mapping_override_replaces_the_recipe_s_mapping(tmp_path):
-    """objective.terms is replaced, never merged: the control run of the README drops negclip. (OmegaConf
+    """objective.terms is replaced, never merged: the control run of docs/demo.md drops negclip. (OmegaConf
     merges mappings, which would silently keep the recipe's terms: one reason vlp keeps its own tree.)"""
     cfg = load_config(REPO / "configs/negclip.yaml", ["objective.terms={clip: 1.0}", "data.negatives=0"])
     assert cfg.objective.terms == {"clip": 1.0}

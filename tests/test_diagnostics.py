@@ -15,8 +15,8 @@ import torch.nn.functional as F
 from data_pipelines.sources.shapes.scene import COLOURS, INVERSE_RELATION
 from eval_zeroshot import diagnostics as D
 from eval_zeroshot.cli import main as vlp_eval
-from eval_zeroshot.intervals import wilson
 from eval_zeroshot.models import load_model
+from vlp.common.intervals import wilson
 
 REPO = Path(__file__).resolve().parents[1]
 PALETTE = torch.tensor(list(COLOURS.values()), dtype=torch.float32) / 255

@@ -20,7 +20,7 @@ from data_pipelines.loader.jpeg import CropGeometry, DeviceImages, EncodedImage,
 from tests.conftest import write_shards
 from vlp.config import ConfigError, load_config
 
-# Measured on the six photographs below at 640x480, quality 90, 6 seeds each (README "The streaming
+# Measured on the six photographs below at 640x480, quality 90, 6 seeds each (docs/data.md "The streaming
 # loader"). Against open_clip's pixels for its own crop: the fast path averages 35.5 dB with the train
 # transform (worst 28.0: china, the most detailed, where rounding the crop to the half-size decode's
 # grid shifts it by up to a pixel) and 36.9 with the eval one (worst 32.3); the device path 42.9 / 39.6

@@ -13,7 +13,8 @@ import torch
 from PIL import Image
 
 from eval_zeroshot.cli import main as vlp_eval
-from eval_zeroshot.datasets import DatasetError, read_dataset, split_spec
+from eval_zeroshot.dataset_specs import read_dataset, split_spec
+from eval_zeroshot.datasets import DatasetError
 from eval_zeroshot.named import imagenet_synsets, lookup
 from tests.conftest import write_shards
 

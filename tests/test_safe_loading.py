@@ -22,18 +22,16 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from tests.runs import REPO, free_port
-from vlp.config.loading import load_config
-from vlp.config.schema import ConfigError
-from vlp.export import (
-    CONFIG_NAME,
+from vlp.checkpoint import (
     DS_TAG,
-    WEIGHTS_NAME,
     UnsafeCheckpointError,
     checkpoint_state_dict,
     deepspeed_safe_globals,
-    export_checkpoint,
     weights_only_loads,
 )
+from vlp.config.loading import load_config
+from vlp.config.schema import ConfigError
+from vlp.export import CONFIG_NAME, WEIGHTS_NAME, export_checkpoint
 from vlp.export import main as vlp_export
 from vlp.study.spec import StudyError, load_study
 
@@ -65,7 +63,7 @@ ENGINES = r"""
 import json, sys
 import torch, deepspeed
 from safetensors.torch import save_file
-from vlp.export import deepspeed_safe_globals, weights_only_loads
+from vlp.checkpoint import deepspeed_safe_globals, weights_only_loads
 deepspeed.init_distributed(dist_backend="gloo", verbose=False)
 root = sys.argv[1]
 

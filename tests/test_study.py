@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 import yaml
 
-from eval_zeroshot.intervals import wilson
 from tests.fault_hooks import environment
 from tests.runs import REPO
+from vlp.common.intervals import wilson
 from vlp.study.cli import main as vlp_study
 from vlp.study.spec import StudyError, load_study
 from vlp.study.stats import binomial_two_sided, bootstrap_ci, mcnemar, paired_bootstrap

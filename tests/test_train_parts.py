@@ -15,9 +15,9 @@ from vlp.config import ConfigError, load_config
 from vlp.ema import EMATeacher
 from vlp.objectives import TERMS, Features, Objective
 from vlp.objectives.registry import HEADS, NEGATIVES, TEACHER, needs_teacher, register_term, terms_needing
+from vlp.train.checkpointer import Counters, LoaderPosition
 from vlp.train.errors import TrainingError
-from vlp.train.hooks import ENV, TrainHooks, load_hooks
-from vlp.train.state import Counters, LoaderPosition
+from vlp.train.fault_seams import ENV, TrainHooks, load_hooks
 
 
 def test_ema_teacher_update_by_hand():

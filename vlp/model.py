@@ -14,8 +14,7 @@ import open_clip
 import torch
 import torch.nn.functional as F
 
-from eval_zeroshot.models import register_architecture
-
+from .common.models import register_architecture
 from .config import ConfigError, ModelConfig
 from .protoclip.heads import ProtoHeads
 from .torchscript import convert, is_torchscript_archive

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from data_pipelines.shards.atomic import atomic_file
+from .common.atomic import atomic_file
 
 # Entries of OpenAI's archives (and of scripted open_clip models) that are not weights of an open_clip
 # model: hyper-parameters stored as tensors, and the causal mask that open_clip rebuilds itself.

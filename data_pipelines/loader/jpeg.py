@@ -14,7 +14,7 @@ from the sample's own seed), and then:
     photo decoded at half size) and torch's antialiased bilinear resize runs on the uint8 crop, read
     channels-last as libjpeg-turbo wrote it: 1.14 ms of one core per 640×480 photo, decode included,
     against 1.43 ms for PIL's sub-pixel ``resize(box=...)`` with its two RGB↔RGBX copies (the price:
-    the rounding, and the PSNR it costs, stated in the README). The batch stays uint8
+    the rounding, and the PSNR it costs, stated in docs/data.md). The batch stays uint8
     (B×3×H×W, a quarter of the float bytes) with its ``image_normalize`` (mean, std): ToTensor's and
     Normalize's arithmetic run where the model is (:func:`images_to`), free on a GPU. Differs from
     open_clip's pixels by the DCT-scaled decode, the bilinear filter and the crop's rounding to the

@@ -12,7 +12,8 @@ import json
 import os
 from pathlib import Path
 
-from ..tables import markdown_table
+from vlp.common.tables import markdown_table
+
 from .rules import candidates, generate, normalise
 from .types import SUGARCREPE_TYPES
 

@@ -22,7 +22,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..shards.atomic import staged, write_json_atomic
+from vlp.common.atomic import staged, write_json_atomic
+
 from ..shards.reader import BAD_JSON, MISSING_CAPTION, SkipCounter, SkipSample, caption, iter_shard
 from ..shards.specs import rewrite_plan
 from ..shards.writer import ShardSink

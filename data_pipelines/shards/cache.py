@@ -18,7 +18,8 @@ from pathlib import Path
 
 import webdataset as wds
 
-from .atomic import temporary_name
+from vlp.common.atomic import temporary_name
+
 from .index import ShardIndex, build_index, load_index, write_index
 from .reader import SkipCounter, iter_shard
 from .specs import is_local_url, local_path, shard_name

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from webdataset.tariterators import base_plus_ext, group_by_keys, tar_file_iterator
 
-from .atomic import write_json_atomic
+from vlp.common.atomic import write_json_atomic
 
 FORMAT = "vlp-shard-index/1"
 INDEX_SUFFIX = ".idx"

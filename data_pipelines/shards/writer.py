@@ -8,7 +8,8 @@ from pathlib import Path
 
 import webdataset as wds
 
-from .atomic import temporary_name, write_json_atomic
+from vlp.common.atomic import temporary_name, write_json_atomic
+
 from .index import build_index, write_index
 
 

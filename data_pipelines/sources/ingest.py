@@ -16,8 +16,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from vlp.common.atomic import staged
+
 from ..images import open_image
-from ..shards.atomic import staged
 from ..shards.reader import CORRUPT_IMAGE, MISSING_CAPTION, MISSING_IMAGE
 from ..shards.writer import ShardSink
 

@@ -51,7 +51,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from ..shards.atomic import staged, write_json_atomic
+from vlp.common.atomic import staged, write_json_atomic
+
 from ..shards.writer import ShardSink
 from ..workers import map_in_pool
 

@@ -9,13 +9,15 @@ keeps its place ``B + b·K + k``; with ``local_loss`` each rank takes only its o
 of ``local`` scope are means over this rank's rows. Either way the loss averaged over ranks, and its
 gradient averaged over ranks (as DDP and DeepSpeed do), equal those of one process holding the whole
 batch.
+
+Terms register themselves when their module is imported: this package's own (:mod:`.terms`) here,
+ProtoCLIP's with :mod:`vlp.protoclip`, which imports this registry (never the other way round).
 """
 
 from __future__ import annotations
 
 import torch
 
-from ..protoclip import loss as _proto_terms  # noqa: F401 - registers proto, proto_external
 from . import terms as _terms  # noqa: F401 - registers clip, dcl, negclip, igc, tgc, distill
 from .contrastive import clip_loss, dcl_loss
 from .distill import distill_loss
@@ -51,7 +53,10 @@ class Objective:
     ):
         unknown = set(terms) - set(TERMS)
         if unknown:
-            raise ValueError(f"unknown objective terms: {sorted(unknown)}")
+            raise ValueError(
+                f"unknown objective terms: {sorted(unknown)} (registered: {', '.join(TERMS)}; a package registers "
+                "its own terms when imported, e.g. `import vlp.protoclip` for proto and proto_external)"
+            )
         self.terms = {name: float(w) for name, w in terms.items()}
         self.rank, self.world_size, self.local_loss = rank, world_size, local_loss
         self.options = options or TermOptions()

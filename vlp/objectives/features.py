@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING
+from typing import Any
 
 import torch
-
-if TYPE_CHECKING:
-    from ..protoclip.episode import ProtoInputs
 
 
 @dataclass
@@ -23,7 +20,9 @@ class Features:
     teacher_image: torch.Tensor | None = None  # B×D, EMA teacher, no gradient
     teacher_text: torch.Tensor | None = None  # B×D
     teacher_neg_text: torch.Tensor | None = None  # B×K×D
-    proto: ProtoInputs | None = None  # None in ProtoCLIP's first episode (CLIP only)
+    # ProtoCLIP's inputs (vlp.protoclip.episode.ProtoInputs), read only by the terms it registers; typed
+    # loosely so that the objectives never import a package that builds on them. None in its first episode.
+    proto: Any = None
 
 
 def concat_features(parts: list[Features], scale_from: int | None = None) -> Features:

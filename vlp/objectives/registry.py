@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ..distributed import gather_with_grad, gather_without_grad
+from ..collectives import gather_with_grad, gather_without_grad
 
 if TYPE_CHECKING:
     from .features import Features

@@ -141,7 +141,7 @@ class Episodes:
     """The run's episode schedule and current clustering; a stateful part of the checkpoint (per rank).
 
     ``embed(batch)`` returns the model's outputs for a batch without gradient (``image_proj``,
-    ``text_proj``); the trainer supplies it so that device, precision and backend stay its business.
+    ``text_proj``); the trainer supplies it so that device, precision and engine stay its business.
     """
 
     def __init__(

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import torch
 
-from ..distributed import all_reduce_sum, gather_without_grad
+from ..collectives import all_reduce_sum, gather_without_grad
 
 CHUNK_BYTES = 64 * 2**20  # the most a chunk's rows × K score matrix may take
 

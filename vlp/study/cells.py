@@ -17,8 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from data_pipelines.shards.atomic import write_json_atomic
-
+from ..common.atomic import write_json_atomic
 from .spec import Study
 
 START = "start"  # the cell that scores the starting model, untrained

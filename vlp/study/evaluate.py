@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from eval_zeroshot import compositional as C
-from eval_zeroshot.datasets import read_dataset, split_spec
+from eval_zeroshot.dataset_specs import read_dataset, split_spec
 from eval_zeroshot.models import load_model
 from eval_zeroshot.zeroshot import classify, image_features
 

@@ -8,9 +8,8 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
-from data_pipelines.shards.atomic import write_json_atomic
-from data_pipelines.tables import markdown_table
-
+from ..common.atomic import write_json_atomic
+from ..common.tables import markdown_table
 from .cells import START, cells_of, result_path
 from .spec import Study
 from .stats import bootstrap_ci, mcnemar, paired_bootstrap

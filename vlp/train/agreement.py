@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..distributed import gather_without_grad
+from ..collectives import gather_without_grad
 
 
 @dataclass

@@ -17,10 +17,10 @@ from data_pipelines.shards.specs import SpecError, parse_sources
 
 from ..config import ConfigError, load_config, to_yaml
 from ..model import check_spec
-from .collectives import is_collective_failure, wrong_device
 from .errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, TrainingError
 from .loop import train
 from .setup import build_run
+from .watchdog import is_collective_failure, wrong_device
 
 
 def build_parser() -> argparse.ArgumentParser:

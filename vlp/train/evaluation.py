@@ -5,12 +5,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from eval_zeroshot.datasets import DatasetError, EvalSet, read_dataset, split_spec
+from eval_zeroshot.dataset_specs import read_dataset, split_spec
+from eval_zeroshot.datasets import DatasetError, EvalSet
 from eval_zeroshot.named import parse_named
 from eval_zeroshot.zeroshot import count_fields, evaluate_counts
 
 from ..config import EvalConfig
-from .backend import Backend
+from .engine import Engine
 from .errors import TrainingError
 
 
@@ -31,8 +32,8 @@ def read_eval_sets(cfg: EvalConfig) -> list[EvalSet]:
 
 
 class ZeroShotEvaluator:
-    def __init__(self, cfg: EvalConfig, sets: list[EvalSet], backend: Backend, preprocess: Callable, tokenizer):
-        self.cfg, self.sets, self.backend, self.preprocess, self.tokenizer = cfg, sets, backend, preprocess, tokenizer
+    def __init__(self, cfg: EvalConfig, sets: list[EvalSet], engine: Engine, preprocess: Callable, tokenizer):
+        self.cfg, self.sets, self.engine, self.preprocess, self.tokenizer = cfg, sets, engine, preprocess, tokenizer
         self.last: list[dict] = []
 
     def due(self, step: int, max_steps: int) -> bool:
@@ -41,10 +42,10 @@ class ZeroShotEvaluator:
 
     def __call__(self) -> list[dict]:
         """Metrics of every set (a collective: every rank calls it)."""
-        clip = self.backend.unwrapped.clip
+        clip = self.engine.unwrapped.clip
         was_training = clip.training
         clip.eval()
-        rank, world = self.backend.eval_partition()
+        rank, world = self.engine.eval_partition()
         results = []
         for dataset in self.sets:
             metrics, correct = evaluate_counts(
@@ -52,11 +53,11 @@ class ZeroShotEvaluator:
                 self.preprocess,
                 self.tokenizer,
                 dataset,
-                self.backend.device,
+                self.engine.device,
                 self.cfg.batch_size,
                 rank=rank,
                 world_size=world,
-                dtype=self.backend.input_dtype,
+                dtype=self.engine.input_dtype,
             )
             counts = dataset.counts()
             results.append(

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from data_pipelines.shards.atomic import write_json_atomic
-from eval_zeroshot.report import zeroshot_table
+from eval_zeroshot.zeroshot_tables import zeroshot_table
 
 from ..checkpoint import latest_checkpoint
+from ..common.atomic import write_json_atomic
 from ..config import to_dict
 from ..export import export_checkpoint
 from .setup import Run
@@ -18,7 +18,7 @@ def _mean(xs: list[float]) -> float | None:
 
 
 def finish(run: Run, losses: list[float]) -> None:
-    acc, out, counters = run.backend.acc, Path(run.cfg.output_dir), run.counters
+    acc, out, counters = run.engine.acc, Path(run.cfg.output_dir), run.counters
     if acc.is_main_process:
         final = latest_checkpoint(out)
         export_dir = export_checkpoint(final, out / "export")

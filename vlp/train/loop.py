@@ -11,22 +11,22 @@ from ..config import to_dict
 from ..metrics import MetricsLogger
 from ..trackers import Trackers, project_name
 from .agreement import Agreement, StepWindow
-from .collectives import Heartbeat, is_collective_failure, wrong_device
 from .errors import EXIT_OK, TrainingError
 from .finish import finish
 from .setup import Run, on_main_then_all
 from .stopping import NonFiniteGuard
 from .throughput import DataBoundWatch
+from .watchdog import Heartbeat, is_collective_failure, wrong_device
 
 
 def train(run: Run) -> int:
-    cfg, t, counters, backend = run.cfg, run.cfg.train, run.counters, run.backend
+    cfg, t, counters, engine = run.cfg, run.cfg.train, run.counters, run.engine
     logger = MetricsLogger(
-        cfg.output_dir, t.max_steps, backend.acc.is_main_process, start_step=counters.step, trackers=_trackers(run)
+        cfg.output_dir, t.max_steps, engine.acc.is_main_process, start_step=counters.step, trackers=_trackers(run)
     )
     guard = NonFiniteGuard(counters, t.max_nonfinite_steps, cfg.output_dir, counters.step if run.resume_from else None)
     losses: list[float] = []
-    acc = backend.acc
+    acc = engine.acc
     heartbeat = Heartbeat(cfg.output_dir, acc.process_index, acc.num_processes, t.collective_timeout_s)
     heartbeat.start()
     try:
@@ -66,12 +66,12 @@ def _trackers(run: Run) -> Trackers | None:
     def start() -> None:
         try:
             started.append(
-                Trackers(run.backend.acc, project_name(cfg.log.project, cfg.output_dir), cfg.output_dir, to_dict(cfg))
+                Trackers(run.engine.acc, project_name(cfg.log.project, cfg.output_dir), cfg.output_dir, to_dict(cfg))
             )
         except Exception as exn:  # noqa: BLE001 - whatever the tracker's package raises
             raise TrainingError(f"log.trackers: the trackers did not start: {type(exn).__name__}: {exn}") from exn
 
-    on_main_then_all(run.backend, start)
+    on_main_then_all(run.engine, start)
     return started[0] if started else None
 
 
@@ -81,14 +81,14 @@ def _steps(run: Run, logger: MetricsLogger, guard: NonFiniteGuard, losses: list[
     A step that neither logs, evaluates nor saves only queues work: its values stay on the device in
     ``window`` until the ranks agree (every train.agree_every steps, and on steps that log, evaluate or
     save), which is also when skipped steps are counted and the stop signal is seen."""
-    cfg, t, counters, backend = run.cfg, run.cfg.train, run.counters, run.backend
+    cfg, t, counters, engine = run.cfg, run.cfg.train, run.counters, run.engine
     batches = iter(run.loader)
     watch = DataBoundWatch(t.data_warn_share, cfg.data.workers, t.batch_size * t.accum_steps)  # per rank
-    window = StepWindow(backend.device)
+    window = StepWindow(engine.device)
     while counters.step < t.max_steps:
         tic = time.perf_counter()
         if run.episodes is not None and run.episodes.due(counters.step):  # ProtoCLIP: cluster what comes
-            backend.sync_batchnorm_stats()  # the episode embeds in eval mode: running statistics
+            engine.sync_batchnorm_stats()  # the episode embeds in eval mode: running statistics
             batches = run.episodes.start(counters.step, run.loader, batches, run.stepper.embed)
         micro = [next(batches) for _ in range(t.accum_steps)]
         data_time = time.perf_counter() - tic
@@ -110,7 +110,7 @@ def _steps(run: Run, logger: MetricsLogger, guard: NonFiniteGuard, losses: list[
         save = step % t.save_every == 0 or last
         if not (log or evaluate or save or step % t.agree_every == 0):
             continue
-        agreed = window.agree(stop=run.stop.received is not None, peak_memory_mb=backend.peak_memory_mb())
+        agreed = window.agree(stop=run.stop.received is not None, peak_memory_mb=engine.peak_memory_mb())
         skipped_here = False
         for row in agreed.rows:
             skipped = guard.check(row.step, row.applied)  # raises at train.max_nonfinite_steps in a row
@@ -121,10 +121,10 @@ def _steps(run: Run, logger: MetricsLogger, guard: NonFiniteGuard, losses: list[
                 losses.append(row.values["loss"])
         logger.step(step, _record(run, agreed), log=log or skipped_here)  # the progress bar moves either way
         if evaluate:
-            backend.sync_batchnorm_stats()
+            engine.sync_batchnorm_stats()
             logger.evaluation(step, run.evaluator())
         if save or agreed.stop:
-            backend.sync_batchnorm_stats()  # rank 0's are saved; every rank continues with them
+            engine.sync_batchnorm_stats()  # rank 0's are saved; every rank continues with them
             path = run.checkpointer.save(step)
             guard.saved_at = step
             if agreed.stop:

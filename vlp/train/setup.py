@@ -1,7 +1,7 @@
-"""Build a run: backend, objective, resume decision, output folder, model, teacher, optimizer, loader,
+"""Build a run: engine, objective, resume decision, output folder, model, teacher, optimizer, loader,
 ProtoCLIP's episodes, evaluator, schedule and checkpointer, restored from a checkpoint when resuming.
 
-Everything that can be refused (backend limits, test hooks, resume, an occupied output_dir, evaluation
+Everything that can be refused (engine limits, test hooks, resume, an occupied output_dir, evaluation
 sets, a missing optional package) is refused before anything is written.
 """
 
@@ -13,7 +13,7 @@ import os
 import random
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -29,27 +29,29 @@ from data_pipelines.sources.shapes import WorldConfig, generate_world
 from ..checkpoint import (
     DamagedCheckpoint,
     checkpoint_root,
+    deepspeed_safe_globals,
     latest_good_checkpoint,
     list_checkpoints,
     read_trainer_state,
     verify_checkpoint,
+    weights_only_loads,
 )
-from ..config import Config, to_yaml
-from ..distributed import any_rank, broadcast_object, is_distributed, rank_of_process, world_size
+from ..collectives import any_rank, broadcast_object, is_distributed, rank_of_process, world_size
+from ..config import Config, generated_eval_sets, to_yaml
 from ..ema import EMATeacher
-from ..export import CONFIG_NAME, deepspeed_safe_globals, weights_only_loads
+from ..export import CONFIG_NAME
 from ..model import DualEncoder, build_model, count_parameters, param_groups
 from ..objectives import Objective, TermOptions
 from ..objectives.registry import EXTERNAL, HEADS, teacher_terms
 from ..protoclip.episode import Episodes
 from ..protoclip.heads import ProtoHeads
 from ..protoclip.teacher import SentenceTeacher
-from .backend import Backend
+from .checkpointer import Checkpointer, Counters, LoaderPosition, RunFiles, TeacherWeights
+from .engine import Engine
 from .errors import TrainingError
 from .evaluation import ZeroShotEvaluator, read_eval_sets
-from .hooks import TrainHooks, load_hooks
+from .fault_seams import TrainHooks, load_hooks
 from .reshard import is_zero_checkpoint, to_universal
-from .state import Checkpointer, Counters, LoaderPosition, RunFiles, TeacherWeights
 from .step import Stepper
 from .stopping import StopSignal
 
@@ -61,7 +63,7 @@ class Run:
     """Everything the loop needs, built and (when resuming) restored."""
 
     cfg: Config
-    backend: Backend
+    engine: Engine
     loader: StreamingLoader
     stepper: Stepper
     lr_at: Callable[[int], float]
@@ -76,7 +78,7 @@ class Run:
     @property
     def global_batch(self) -> int:
         t = self.cfg.train
-        return t.batch_size * t.accum_steps * self.backend.acc.num_processes
+        return t.batch_size * t.accum_steps * self.engine.acc.num_processes
 
 
 def _threads(cfg: Config) -> int:
@@ -152,7 +154,8 @@ def train_spec(cfg: Config) -> str:
 def refuse_another_data_order(cfg: Config, path: Path) -> None:
     """A resume continues the checkpoint's data order: a different seed, data mode, shuffle window or
     shard list (or source weights) is refused here, naming the key, before anything is written. The
-    world size, batch size, accumulation and worker count may change (README "Resume")."""
+    world size, batch size, accumulation and worker count may change (docs/launching.md "Resume on any
+    number of GPUs")."""
     saved_path = path / "loader.json"
     if not saved_path.is_file():
         raise TrainingError(
@@ -172,7 +175,8 @@ def refuse_another_data_order(cfg: Config, path: Path) -> None:
             raise TrainingError(
                 f"cannot resume {path} exactly: {ORDER_KEYS[key]} differs from the checkpoint's ({what}); the "
                 "global data order depends on it. These may change between attempts: the number of ranks and "
-                'machines, train.batch_size, train.accum_steps, data.workers (README "Resume")'
+                "machines, train.batch_size, train.accum_steps, data.workers "
+                '(docs/launching.md "Resume on any number of GPUs")'
             )
 
 
@@ -185,33 +189,33 @@ def refuse_to_clobber(output_dir: str, resume_from: Path | None) -> None:
         )
 
 
-def on_main_then_all(backend: Backend, fn: Callable[[], None]) -> None:
+def on_main_then_all(engine: Engine, fn: Callable[[], None]) -> None:
     """Run ``fn`` on the main process; if it fails, every rank raises (nobody waits forever)."""
     error = None
-    if backend.acc.is_main_process:
+    if engine.acc.is_main_process:
         try:
             fn()
         except Exception as exn:  # noqa: BLE001 - re-raised below on every rank
             error = exn
-    backend.acc.wait_for_everyone()
+    engine.acc.wait_for_everyone()
     if any_rank(error is not None):
         raise TrainingError(str(error) if error else "the main process failed during setup (see its log)")
 
 
-def universal_state(backend: Backend, checkpoint: Path) -> Path | None:
+def universal_state(engine: Engine, checkpoint: Path) -> Path | None:
     """Where a ZeRO checkpoint saved by another world size is loaded from: its universal conversion
     (:func:`.reshard.to_universal`, made once by rank 0 while the others wait), or None when the
     checkpoint loads as it is (the same world size, or DDP state, which every rank holds whole)."""
     saved = int(read_trainer_state(checkpoint).get("world_size", 0))
-    if saved == backend.acc.num_processes or not is_zero_checkpoint(checkpoint):
+    if saved == engine.acc.num_processes or not is_zero_checkpoint(checkpoint):
         return None
-    if not backend.deepspeed:
+    if not engine.deepspeed:
         raise TrainingError(
             f"{checkpoint} holds DeepSpeed ZeRO state of {saved} ranks: resume it under DeepSpeed "
             "(a ZeRO launch config)"
         )
-    if backend.acc.is_main_process:
-        print(f"# {checkpoint}: ZeRO state of {saved} ranks, {backend.acc.num_processes} now: converting it to "
+    if engine.acc.is_main_process:
+        print(f"# {checkpoint}: ZeRO state of {saved} ranks, {engine.acc.num_processes} now: converting it to "
               "DeepSpeed's universal checkpoint (once; later resumes reuse it)", flush=True)  # fmt: skip
 
     def convert() -> str:
@@ -273,22 +277,25 @@ def continue_in_samples(cfg: Config, counters: Counters, global_batch: int) -> s
 def build_run(cfg: Config) -> Run:
     t, d, o = cfg.train, cfg.data, cfg.objective
     torch.set_num_threads(_threads(cfg))
-    backend = Backend(t, cfg.log, cfg.output_dir)
+    engine = Engine(t, cfg.log, cfg.output_dir)
     stop = StopSignal()  # from here on, SIGTERM/SIGINT mean "save at the first step boundary"
-    acc = backend.acc
+    acc = engine.acc
     rank, world, is_main = acc.process_index, acc.num_processes, acc.is_main_process
     # Everything that can be refused is refused before anything is written.
     options = TermOptions(o.dcl_sigma, o.tgc_temperature, o.proto.target_temperature)
     objective = Objective(o.terms, rank=rank, world_size=world_size(), local_loss=t.local_loss, options=options)
-    backend.refuse(teacher_terms(o.terms))
+    engine.refuse(teacher_terms(o.terms))
     hooks = load_hooks()
     resume_from = resolve_resume(cfg, world)
     refuse_to_clobber(cfg.output_dir, resume_from)
-    eval_sets = read_eval_sets(cfg.eval)
+    # Sets inside the shapes world that prepare_output() generates are read once it is written
+    # (validate() has checked that each names one of its zero-shot sets); the others now.
+    later = generated_eval_sets(cfg)
+    eval_sets = read_eval_sets(replace(cfg.eval, zeroshot=[s for s in cfg.eval.zeroshot if s not in later]))
     sentence_teacher = None
     if EXTERNAL in objective.needs:
         try:
-            sentence_teacher = SentenceTeacher(backend.device)
+            sentence_teacher = SentenceTeacher(engine.device)
         except RuntimeError as exn:
             raise TrainingError(str(exn)) from None
 
@@ -300,7 +307,9 @@ def build_run(cfg: Config) -> Run:
         if d.shapes_world:
             generate_world(d.shapes_world, WorldConfig(train_samples=d.shapes_train_samples), log=log.info)
 
-    on_main_then_all(backend, prepare_output)
+    on_main_then_all(engine, prepare_output)
+    if later:
+        eval_sets = read_eval_sets(cfg.eval)
     torch.manual_seed(t.seed)  # the same initial weights on every rank
     built = build_model(cfg.model, augment=d.augment)
     heads = None
@@ -314,9 +323,9 @@ def build_run(cfg: Config) -> Run:
     optimizer = torch.optim.AdamW(
         param_groups(model, t.weight_decay), lr=t.lr, betas=(t.beta1, t.beta2), eps=t.eps, fused=True
     )
-    backend.prepare(model, optimizer)
+    engine.prepare(model, optimizer)
     if teacher is not None:
-        teacher.module.to(backend.device)  # copied from the student before prepare() moved it there
+        teacher.module.to(engine.device)  # copied from the student before prepare() moved it there
     # What the data section asks for, and what the objective needs from it (negatives, captions).
     stream = {
         "mode": d.mode,
@@ -336,7 +345,7 @@ def build_run(cfg: Config) -> Run:
         "neighbour_kinds": d.neighbour_kinds,
         "captions": sentence_teacher is not None,  # the external teacher embeds them
     }
-    nice = (19 if backend.device.type == "cpu" else 0) if d.worker_nice is None else d.worker_nice
+    nice = (19 if engine.device.type == "cpu" else 0) if d.worker_nice is None else d.worker_nice
     loader = StreamingLoader(
         train_spec(cfg),
         preprocess=built.preprocess_train,
@@ -348,7 +357,7 @@ def build_run(cfg: Config) -> Run:
         drop_last=True,
         num_workers=d.workers,
         worker_nice=nice,
-        pin_memory=backend.device.type == "cuda",
+        pin_memory=engine.device.type == "cuda",
         **stream,
         **content,
     )
@@ -372,18 +381,18 @@ def build_run(cfg: Config) -> Run:
     checkpointer.register("files", RunFiles(files, is_main))
     reshaped = ""
     if resume_from is not None:
-        checkpointer.load(resume_from, universal=universal_state(backend, resume_from))
+        checkpointer.load(resume_from, universal=universal_state(engine, resume_from))
         reshaped = continue_in_samples(cfg, counters, global_batch)
         seed_a_new_rank(resume_from, t.seed, counters.step, rank)
     run = Run(
         cfg=cfg,
-        backend=backend,
+        engine=engine,
         loader=loader,
-        stepper=Stepper(backend, objective, teacher, episodes, hooks, neighbours=d.neighbours),
+        stepper=Stepper(engine, objective, teacher, episodes, hooks, neighbours=d.neighbours),
         lr_at=cosine_lr(optimizer, t.lr, min(t.warmup_steps, t.max_steps - 1), t.max_steps),
         counters=counters,
         checkpointer=checkpointer,
-        evaluator=ZeroShotEvaluator(cfg.eval, eval_sets, backend, built.preprocess_val, built.tokenizer),
+        evaluator=ZeroShotEvaluator(cfg.eval, eval_sets, engine, built.preprocess_val, built.tokenizer),
         episodes=episodes,
         hooks=hooks,
         stop=stop,
@@ -392,7 +401,7 @@ def build_run(cfg: Config) -> Run:
     if is_main:
         print("# vlp config\n" + to_yaml(cfg), flush=True)
         print(
-            f"# {backend.name}, {world} process(es), precision {t.precision}, {torch.get_num_threads()} "
+            f"# {engine.name}, {world} process(es), precision {t.precision}, {torch.get_num_threads()} "
             f"threads/process; model {total / 1e6:.1f}M parameters ({trainable / 1e6:.1f}M trainable); "
             f"global batch {run.global_batch} = {t.batch_size} per micro-batch x {t.accum_steps} accumulated "
             f"x {world} ranks"

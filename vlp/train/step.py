@@ -20,8 +20,8 @@ from ..ema import EMATeacher
 from ..objectives import Features, Objective, concat_features
 from ..objectives.registry import TEACHER_ALL
 from ..protoclip.episode import Episodes
-from .backend import Backend
-from .hooks import TrainHooks
+from .engine import Engine
+from .fault_seams import TrainHooks
 
 
 def with_neighbours(batch: dict) -> dict:
@@ -38,26 +38,26 @@ def with_neighbours(batch: dict) -> dict:
 class Stepper:
     def __init__(
         self,
-        backend: Backend,
+        engine: Engine,
         objective: Objective,
         teacher: EMATeacher | None = None,
         episodes: Episodes | None = None,
         hooks: TrainHooks | None = None,
         neighbours: bool = False,
     ):
-        self.backend, self.objective, self.teacher, self.episodes = backend, objective, teacher, episodes
+        self.engine, self.objective, self.teacher, self.episodes = engine, objective, teacher, episodes
         self.hooks = hooks or TrainHooks()
         self.neighbours = neighbours
 
     def images(self, batch: dict) -> torch.Tensor:
-        """The batch's images on the device in the backend's dtype: uint8 batches (data.decoder=fast)
+        """The batch's images on the device in the engine's dtype: uint8 batches (data.decoder=fast)
         are scaled and normalised there, JPEG batches (device) decoded there."""
-        return images_to(batch["image"], self.backend.device, self.backend.input_dtype, batch.get("image_normalize"))
+        return images_to(batch["image"], self.engine.device, self.engine.input_dtype, batch.get("image_normalize"))
 
     def inputs(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        """Images in the backend's dtype; captions, then (when a term needs them) the negatives
+        """Images in the engine's dtype; captions, then (when a term needs them) the negatives
         flattened after them: [B positives ; B·K negatives], negative (b, k) at B + b·K + k."""
-        device = self.backend.device
+        device = self.engine.device
         images = self.images(batch)
         texts = batch["text"].to(device, non_blocking=True)
         if self.objective.needs_negatives:
@@ -67,11 +67,11 @@ class Stepper:
 
     def embed(self, batch: dict) -> dict[str, torch.Tensor]:
         """The model's outputs for a batch in eval mode without gradient (ProtoCLIP's episode replay)."""
-        device = self.backend.device
+        device = self.engine.device
         images = self.images(batch)
-        self.backend.model.eval()
-        with torch.no_grad(), self.backend.autocast():
-            return self.backend.model(image=images, text=batch["text"].to(device, non_blocking=True))
+        self.engine.model.eval()
+        with torch.no_grad(), self.engine.autocast():
+            return self.engine.model(image=images, text=batch["text"].to(device, non_blocking=True))
 
     def features(self, batch: dict, images, texts, out: dict, cached: Features | None = None) -> Features:
         """The objective's inputs: this batch's features, its negatives, the teacher's, ProtoCLIP's.
@@ -88,7 +88,7 @@ class Stepper:
             f.teacher_neg_text = cached.teacher_neg_text
         elif self.teacher is not None:
             everything = TEACHER_ALL in self.objective.needs
-            with torch.no_grad(), self.backend.teacher_autocast():
+            with torch.no_grad(), self.engine.teacher_autocast():
                 t = self.teacher(image=images.float(), text=texts if everything else texts[:b])
             f.teacher_text = t["text_features"][:b].float()
             if everything:
@@ -100,8 +100,8 @@ class Stepper:
         return f
 
     def _forward(self, batch: dict, images, texts, cached: Features | None = None) -> Features:
-        with self.backend.autocast():
-            out = self.backend.model(image=images, text=texts)
+        with self.engine.autocast():
+            out = self.engine.model(image=images, text=texts)
         return self.features(batch, images, texts, out, cached)
 
     def _plain(self, batch: dict) -> tuple[dict, torch.Tensor, Callable[[int], torch.Tensor]]:
@@ -133,7 +133,7 @@ class Stepper:
         """One optimizer step over this rank's micro-batches; returns the logged values (on the device)
         and whether the step reached the weights (a host bool, or a 0-dim bool tensor on the device).
         Nothing here reads the device from the host or talks to the other ranks beyond the engine."""
-        self.backend.model.train()
+        self.engine.model.train()
         if self.neighbours:
             micro = [with_neighbours(b) for b in micro]
         losses, scale, loss_for = self._plain(micro[0]) if len(micro) == 1 else self._accumulated(micro)
@@ -144,12 +144,12 @@ class Stepper:
         # step is skipped by the same gradient check as a non-finite gradient (weights and optimizer
         # state untouched).
         poison = torch.where(torch.isfinite(loss.detach()), 1.0, float("nan"))
-        with self.hooks.backward(step, self.backend.unwrapped):
-            applied = self.backend.backward_and_step(lambda j: loss_for(j) * poison, len(micro))
+        with self.hooks.backward(step, self.engine.unwrapped):
+            applied = self.engine.backward_and_step(lambda j: loss_for(j) * poison, len(micro))
         # A skipped step left the weights as they were: clamping them again changes nothing.
-        self.backend.clamp_logit_scales(self.backend.unwrapped.logit_scales())
+        self.engine.clamp_logit_scales(self.engine.unwrapped.logit_scales())
         if self.teacher is not None:
-            self.teacher.update(self.backend.unwrapped, applied)
+            self.teacher.update(self.engine.unwrapped, applied)
         values = {k: v.detach() for k, v in losses.items()}
         values["loss"] = loss.detach()
         values["logit_scale"] = scale.detach().reshape(())  # the scale this step used (any ZeRO stage)

@@ -28,7 +28,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ...shards.atomic import staged, write_json_atomic
+from vlp.common.atomic import staged, write_json_atomic
+
 from .captions import classname
 from .drawing import get_drawing
 from .scene import DEFAULT_HELDOUT, PROBE_SPLIT_PREFIX, all_combos

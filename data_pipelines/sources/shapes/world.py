@@ -24,7 +24,8 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ...shards.atomic import staged, write_json_atomic
+from vlp.common.atomic import staged, write_json_atomic
+
 from ...shards.writer import ShardSink
 from ...workers import map_in_pool
 from .captions import NEGATIVE_TYPES, SUGARCREPE_TYPES, ZEROSHOT_TEMPLATES, classname

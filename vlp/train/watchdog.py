@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch.distributed as dist
 
-from data_pipelines.shards.atomic import write_json_atomic
+from ..common.atomic import write_json_atomic
 
 HEARTBEAT_DIR = "heartbeat"
 # Words in the errors gloo raises when a peer stops answering or goes away (NCCL raises DistError).
@@ -77,7 +77,7 @@ def wrong_device(exn: BaseException) -> str | None:
     return (
         f"a collective was handed a tensor on a device its process group does not serve ({text.splitlines()[0]}; "
         f"the group's backends: {backend}). Under NCCL every collective needs CUDA tensors; host values go "
-        "through vlp.distributed.host_group(). This is a bug in vlp or in a hook: please report this line"
+        "through vlp.collectives.host_group(). This is a bug in vlp or in a hook: please report this line"
     )
 
 

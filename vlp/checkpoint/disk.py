@@ -1,28 +1,5 @@
-"""Checkpoints on disk: the layout, the collective atomic save, pruning, and what resume reads first.
-
-A checkpoint directory ``OUTPUT/checkpoints/step_<N>/`` holds what ``accelerate.save_state`` writes
-(model, optimizer and RNG states; with DeepSpeed its engine checkpoint under ``pytorch_model/``) plus
-what each stateful part of the run writes for itself (vlp.train.state):
-
-    trainer_state.json      step, skipped steps, world size, batch size, max steps
-    loader.json             the position in the global data order (resume on any job shape)
-    teacher.safetensors     the EMA teacher (tgc, distill)
-    proto_rank<R>.pt        ProtoCLIP's current episode, per rank
-    config.yaml             the run configuration
-    open_clip_config.json   the architecture and preprocessing, for export
-
-    manifest.json           every other file's size and BLAKE2b digest, written last
-
-It is built as ``step_<N>.partial``; once every rank has finished, the main process writes the
-manifest, fsyncs every file and folder, renames the folder to ``step_<N>`` and fsyncs its parent, so a
-directory named ``step_<N>`` is complete even after a power loss. A file that rots or is cut later is
-caught by :func:`verify_checkpoint` (resume, pruning, export), and resume falls back to the newest
-checkpoint that verifies.
-
-A save that fails (a full disk, any I/O error) on any rank removes the partial folder and raises
-:class:`CheckpointWriteError` saying what was needed and where; the rank exits, and the launcher or the
-collective timeout ends the others (vlp.train.collectives).
-"""
+"""Checkpoint folders on disk: the layout, the collective atomic save, the manifest that verifies them,
+pruning and the free-space check (see the package docstring)."""
 
 from __future__ import annotations
 
@@ -38,7 +15,7 @@ from pathlib import Path
 
 from accelerate import Accelerator
 
-from data_pipelines.shards.atomic import publish_dir, staging_dir, staging_path
+from ..common.atomic import publish_dir, staging_dir, staging_path
 
 log = logging.getLogger("vlp.checkpoint")
 

@@ -1,9 +1,9 @@
-"""The backend seam: every difference between DeepSpeed ZeRO 0-3, DDP / one process, and fp32 / bf16 /
+"""The engine seam: every difference between DeepSpeed ZeRO 0-3, DDP / one process, and fp32 / bf16 /
 fp16 lives here, so the step and the loop read the same on all of them.
 
 Differences it owns: the accelerator and its process group (gloo without CUDA), DeepSpeed's config
 (micro-batch, accumulation, clipping, buffer dtype), backward-and-step with the non-finite check each
-backend does its own way, the logit-scale clamp (in DeepSpeed's fp32 master copy too), BatchNorm
+engine does its own way, the logit-scale clamp (in DeepSpeed's fp32 master copy too), BatchNorm
 statistics across ranks, the input dtype, the teacher's autocast, and which run it refuses.
 """
 
@@ -18,13 +18,13 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import InitProcessGroupKwargs
 
+from ..collectives import broadcast_coalesced
 from ..config import TrainConfig
 from ..config.schema import LogConfig
-from ..distributed import broadcast_coalesced
 from ..model import MAX_LOGIT_SCALE
 from ..trackers import accelerate_trackers, project_name
-from .collectives import process_group_timeout, set_default_group_timeout
 from .errors import TrainingError
+from .watchdog import process_group_timeout, set_default_group_timeout
 
 LOW_PRECISION = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -55,7 +55,7 @@ def make_accelerator(
     )
 
 
-class Backend:
+class Engine:
     def __init__(self, train: TrainConfig, log: LogConfig | None = None, output_dir: str | None = None):
         self.cfg = train
         self.acc = make_accelerator(train.precision, train.collective_timeout_s, log, output_dir)
@@ -83,7 +83,7 @@ class Backend:
         return torch.float32
 
     def refuse(self, teacher_terms: list[str]) -> None:
-        """Combinations this backend cannot run exactly: stop before anything is built."""
+        """Combinations this engine cannot run exactly: stop before anything is built."""
         if self.cfg.accum_steps > 1 and self.zero_stage == 0 and self.cfg.precision == "fp32":
             raise TrainingError(
                 "train.accum_steps > 1 under DeepSpeed ZeRO-0 in fp32 is not supported (its plain optimizer "

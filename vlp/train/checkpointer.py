@@ -19,11 +19,17 @@ from accelerate.utils import DistributedType
 from safetensors.torch import load_file, save_file
 
 from data_pipelines.loader import DataPipelineError
-from data_pipelines.shards.atomic import write_json_atomic
 
-from ..checkpoint import TRAINER_STATE, read_trainer_state, save_checkpoint
+from ..checkpoint import (
+    TRAINER_STATE,
+    deepspeed_safe_globals,
+    read_trainer_state,
+    refusal_error,
+    save_checkpoint,
+    weights_only_loads,
+)
+from ..common.atomic import write_json_atomic
 from ..ema import EMATeacher
-from ..export import deepspeed_safe_globals, refusal_error, weights_only_loads
 from .errors import TrainingError
 from .reshard import load_universal
 

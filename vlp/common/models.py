@@ -1,8 +1,8 @@
-"""open_clip models as the data side needs them: an architecture file made known to open_clip, and an
-image tower with its eval transform (for embedding images, e.g. to find neighbours).
+"""open_clip model files as every package needs them: an architecture file made known to open_clip, and
+an image tower with its eval transform (the data side embeds images with it, e.g. to find neighbours).
 
-``eval_zeroshot`` (and through it ``vlp``) takes :func:`register_architecture` from here, so that one
-function decides what a model architecture file is.
+One function, :func:`register_architecture`, decides what a model architecture file is, for the data
+side, the evaluators and the trainer alike.
 """
 
 from __future__ import annotations

@@ -1,8 +1,7 @@
 """Confidence intervals of one accuracy: the Wilson score interval of a binomial proportion.
 
-One home for it, below every user: the diagnostics' linear probes and the report's whiskers draw it
-from here, and so may anything in vlp, which keeps the package layers pointing one way
-(data_pipelines <- eval_zeroshot <- vlp; tests/test_layers.py).
+One home for it, below every user: the diagnostics' linear probes, the report's whiskers and the study
+draw it from here (the lowest layer, tests/test_layers.py).
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from data_pipelines.tables import markdown_table
+from vlp.common.tables import markdown_table
 
 from .compositional import REFERENCES
 
