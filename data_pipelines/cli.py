@@ -9,7 +9,7 @@ import sys
 import time
 
 from vlp.common.atomic import write_json_atomic
-from vlp.common.cli import EXIT_DATA, EXIT_USAGE, add_command, command_parser, error
+from vlp.common.cli import EXIT_FAILED, EXIT_USAGE, add_command, command_parser, error, positive_int, run
 
 from .cli_neighbours import add_neighbours_command
 from .cli_photos import add_photos_command
@@ -56,7 +56,7 @@ def cmd_shards(args: argparse.Namespace) -> int:
     result = {"out": summary.out, "written": summary.written, "shards": summary.shards, "skipped": summary.skipped}
     print(json.dumps(result))
     if summary.written == 0:
-        return _err(f"no sample could be written from {args.input} (skipped: {summary.skipped})", EXIT_DATA)
+        return _err(f"no sample could be written from {args.input} (skipped: {summary.skipped})", EXIT_FAILED)
     return 0
 
 
@@ -100,8 +100,10 @@ def cmd_peek(args: argparse.Namespace) -> int:
                 break
         seconds = time.perf_counter() - start
         loader.close()
-    except (SpecError, DataPipelineError, ValueError) as exn:
-        return _err(str(exn), EXIT_DATA)
+    except SpecError as exn:  # the shards named do not exist: the command line's to fix
+        return _err(str(exn), EXIT_USAGE)
+    except (DataPipelineError, ValueError) as exn:  # the shards exist but their data cannot be streamed
+        return _err(str(exn), EXIT_FAILED)
     print(
         json.dumps(
             {
@@ -154,12 +156,16 @@ def cmd_negatives(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p, sub = command_parser("vlp-data", __doc__)
-
-    s = add_command(sub, "shapes", "generate the synthetic shapes world (train, zeroshot, compositional)", cmd_shapes)
+def _add_shapes_command(sub: argparse._SubParsersAction) -> None:
+    s = add_command(
+        sub,
+        "shapes",
+        "generate the synthetic shapes world (train, zeroshot, compositional)",
+        cmd_shapes,
+        ["vlp-data shapes --out data/shapes", "vlp-data shapes --out data/tiny --train-samples 400 --shard-size 50"],
+    )
     s.add_argument("--out", required=True, help="output directory (built beside it, then renamed into place)")
-    s.add_argument("--train-samples", type=int, default=20_000, help="training samples")
+    s.add_argument("--train-samples", type=positive_int, default=20_000, help="training samples")
     s.add_argument("--image-size", type=int, default=64, help="image side in pixels")
     s.add_argument("--seed", type=int, default=0, help="same arguments give byte-identical files")
     s.add_argument(
@@ -169,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--zeroshot-per-class", type=int, default=20, help="zero-shot images per class")
     s.add_argument("--compositional-per-type", type=int, default=300, help="compositional examples per file")
-    s.add_argument("--shard-size", type=int, default=1000, help="samples per shard")
+    s.add_argument("--shard-size", type=positive_int, default=1000, help="samples per shard")
     s.add_argument("--workers", type=int, default=None, help="generator processes (default: up to 4)")
     s.add_argument("--overwrite", action="store_true", help="replace an existing, different output directory")
     s.add_argument(
@@ -179,20 +185,46 @@ def build_parser() -> argparse.ArgumentParser:
         help="no twin image (neighbour.png, JSON 'neighbour') beside each training sample",
     )
 
+
+def _add_shards_command(sub: argparse._SubParsersAction) -> None:
     s = add_command(
-        sub, "shards", "write shards from a CSV/TSV/JSONL of (image path, caption[, negatives])", cmd_shards
+        sub,
+        "shards",
+        "write shards from a CSV/TSV/JSONL of (image path, caption[, negatives])",
+        cmd_shards,
+        ["vlp-data shards --input pairs.csv --out data/mine", "vlp-data shards --input pairs.jsonl --out data/mine"],
     )
     s.add_argument("--input", required=True, help="table file: .csv, .tsv (with a header) or .jsonl")
     s.add_argument("--out", required=True, help="new output directory")
-    s.add_argument("--shard-size", type=int, default=1000, help="samples per shard")
+    s.add_argument("--shard-size", type=positive_int, default=1000, help="samples per shard")
     s.add_argument("--image-col", default=None, help="image column (default: image/image_path/filepath/path/...)")
     s.add_argument("--caption-col", default=None, help="caption column (default: caption/text/title)")
 
-    s = add_command(sub, "stats", "count samples, shards, skipped samples and caption lengths (JSON)", cmd_stats)
+
+def _add_stats_command(sub: argparse._SubParsersAction) -> None:
+    s = add_command(
+        sub,
+        "stats",
+        "count samples, shards, skipped samples and caption lengths (JSON)",
+        cmd_stats,
+        ["vlp-data stats data/shapes/train", "vlp-data stats 'data/mine/shard-{000000..000009}.tar'"],
+    )
     s.add_argument("spec", help="a directory of .tar files, a brace spec, a pipe: command or a URL ('::' joins)")
     s.add_argument("--workers", type=int, default=default_workers(), help="processes reading shards")
 
-    s = add_command(sub, "negatives", "add hard-negative captions to shards (or --report on SugarCrepe)", cmd_negatives)
+
+def _add_negatives_command(sub: argparse._SubParsersAction) -> None:
+    s = add_command(
+        sub,
+        "negatives",
+        "add hard-negative captions to shards (or --report on SugarCrepe)",
+        cmd_negatives,
+        [
+            "vlp-data negatives data/mine --out data/mine_neg --k 4",
+            "vlp-data negatives data/mine --out data/mine_neg --from-jsonl llm_negatives.jsonl",
+            "vlp-data negatives --report --sugarcrepe ../shared/benchmarks/sugarcrepe",
+        ],
+    )
     s.add_argument("spec", nargs="?", help="input shards (directory, brace spec, ...)")
     s.add_argument("--out", help="new output directory; shards keep their names")
     s.add_argument("--k", type=int, default=4, help="negatives per caption")
@@ -207,27 +239,53 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--sugarcrepe", default=None, help="folder of SugarCrepe *.json (default: ../shared/...)")
     s.add_argument("--json", default=None, help="with --report: also write the rows as JSON here")
 
-    add_probes_command(sub)
-    add_neighbours_command(sub)
-    add_photos_command(sub)
 
-    s = add_command(sub, "peek", "stream a few batches through the training loader", cmd_peek)
+def _add_peek_command(sub: argparse._SubParsersAction) -> None:
+    s = add_command(
+        sub,
+        "peek",
+        "stream a few batches through the training loader",
+        cmd_peek,
+        ["vlp-data peek data/shapes/train --batches 2", "vlp-data peek data/mine --negatives 4 --workers 0"],
+    )
     s.add_argument("spec", help="shard spec, as for stats")
-    s.add_argument("--batches", type=int, default=5)
-    s.add_argument("--batch-size", type=int, default=32)
+    s.add_argument("--batches", type=positive_int, default=5)
+    s.add_argument("--batch-size", type=positive_int, default=32)
     s.add_argument("--workers", type=int, default=2, help="DataLoader workers")
     s.add_argument("--image-size", type=int, default=64)
     s.add_argument("--negatives", type=int, default=0, help="hard negatives per sample (K)")
     s.add_argument("--mode", choices=("split", "resampled"), default="split")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--neighbours", action="store_true", help="also load each sample's neighbour (hard-negative image)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p, sub = command_parser(
+        "vlp-data",
+        __doc__,
+        [
+            "vlp-data shapes --out data/shapes",
+            "vlp-data shards --input pairs.csv --out data/mine",
+            "vlp-data stats data/mine",
+            "vlp-data peek data/shapes/train --batches 2",
+        ],
+    )
+
+    _add_shapes_command(sub)
+    _add_shards_command(sub)
+    _add_stats_command(sub)
+    _add_negatives_command(sub)
+    add_probes_command(sub)
+    add_neighbours_command(sub)
+    add_photos_command(sub)
+    _add_peek_command(sub)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
-    return args.fn(args)
+    return run("vlp-data", args.fn, args)
 
 
 if __name__ == "__main__":

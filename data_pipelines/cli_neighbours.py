@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from vlp.common.cli import EXIT_DATA, EXIT_USAGE, add_command, error
+from vlp.common.cli import EXIT_FAILED, EXIT_USAGE, add_command, add_device_args, add_model_args, error
 
 from .shards.specs import SpecError
 
@@ -33,18 +33,23 @@ def cmd_neighbours(args: argparse.Namespace) -> int:
         return error("vlp-data", str(exn), EXIT_USAGE)
     print(json.dumps(summary.__dict__))
     if summary.samples and not summary.with_neighbour:
-        return error("vlp-data", f"no sample got a neighbour (skipped: {summary.skipped})", EXIT_DATA)
+        return error("vlp-data", f"no sample got a neighbour (skipped: {summary.skipped})", EXIT_FAILED)
     return 0
 
 
 def add_neighbours_command(commands: argparse._SubParsersAction) -> None:
-    s = add_command(commands, "neighbours", HELP, cmd_neighbours)
+    s = add_command(
+        commands,
+        "neighbours",
+        HELP,
+        cmd_neighbours,
+        [
+            "vlp-data neighbours data/mine --out data/mine_nb --model ViT-B-32 --pretrained openai",
+            "vlp-data neighbours data/mine --out data/mine_nb --model local-dir:runs/demo/export --device cuda",
+        ],
+    )
     s.description = HELP[0].upper() + HELP[1:] + "."
     s.add_argument("spec", help="input shards (directory, brace spec, ...)")
     s.add_argument("--out", required=True, help="new output directory; shards keep their names")
-    s.add_argument("--model", required=True, help="open_clip model name or an architecture .json file")
-    s.add_argument(
-        "--pretrained", default="", help="open_clip pretrained tag or checkpoint file; empty: random weights (seed 0)"
-    )
-    s.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
-    s.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
+    add_model_args(s)  # an empty --pretrained: random weights (seed 0)
+    add_device_args(s)

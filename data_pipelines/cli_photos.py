@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from vlp.common.cli import EXIT_USAGE, add_command, error
+from vlp.common.cli import EXIT_USAGE, add_command, error, positive_int
 
 HELP = "write shards of JPEG crops of the photographs scikit-image and scikit-learn ship (a throughput corpus)"
 DESCRIPTION = (
@@ -42,16 +42,22 @@ def cmd_photos(args: argparse.Namespace) -> int:
 
 
 def add_photos_command(commands: argparse._SubParsersAction) -> None:
-    s = add_command(commands, "photos", HELP, cmd_photos)
+    s = add_command(
+        commands,
+        "photos",
+        HELP,
+        cmd_photos,
+        ["vlp-data photos --out data/photos", "vlp-data photos --out data/photos256 --size 256 --n 500"],
+    )
     s.description = DESCRIPTION
     s.add_argument("--out", required=True, help="new output directory (an existing non-empty one is refused)")
-    s.add_argument("--n", type=int, default=2000, help="samples")
+    s.add_argument("--n", type=positive_int, default=2000, help="samples")
     s.add_argument(
         "--size",
         default="640x480",
         help="WxH: exactly W x H (COCO-like); N: img2dataset's border mode, N x N (its default: 256)",
     )
-    s.add_argument("--shard-size", type=int, default=500, help="samples per shard")
+    s.add_argument("--shard-size", type=positive_int, default=500, help="samples per shard")
     s.add_argument("--seed", type=int, default=0, help="same arguments give byte-identical shards")
     s.add_argument("--quality", type=int, default=90, help="JPEG quality (img2dataset's default is 95)")
     s.add_argument("--workers", type=int, default=None, help="encoder processes (default: up to 4)")

@@ -43,7 +43,13 @@ def cmd_shapes_probes(args: argparse.Namespace) -> int:
 
 
 def add_probes_command(commands: argparse._SubParsersAction) -> None:
-    s = add_command(commands, "shapes-probes", HELP, cmd_shapes_probes)
+    s = add_command(
+        commands,
+        "shapes-probes",
+        HELP,
+        cmd_shapes_probes,
+        ["vlp-data shapes-probes --out data/shapes_alt --drawing alt"],
+    )
     s.description = DESCRIPTION
     s.add_argument("--out", required=True, help="output directory (built beside it, then renamed into place)")
     s.add_argument("--drawing", default="alt", help=f"the drawing: {', '.join(DRAWINGS)}")

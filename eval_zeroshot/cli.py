@@ -7,14 +7,24 @@ and ``--help`` or a wrong argument should answer at once.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import time
 from pathlib import Path
 
-from vlp.common.atomic import write_json_atomic, write_text_atomic
-from vlp.common.cli import EXIT_USAGE, add_command, command_parser, error
+from vlp.common.atomic import write_json_atomic
+from vlp.common.cli import (
+    EXIT_USAGE,
+    add_command,
+    add_device_args,
+    add_model_args,
+    add_output_arg,
+    command_parser,
+    error,
+    run,
+)
+
+from .cli_compositional import add_compositional_command
 
 
 def _err(msg: str) -> int:
@@ -79,109 +89,6 @@ def cmd_zeroshot(args: argparse.Namespace) -> int:
     return 0
 
 
-BENCHMARKS = ("sugarcrepe", "aro-vgr", "aro-vga", "aro-coco-order", "aro-flickr-order", "shapes")
-
-
-def run_compositional(args: argparse.Namespace, loaded) -> dict:
-    """Score one benchmark; returns the result record (subsets, pooled, metadata)."""
-    from . import compositional as C
-
-    data = Path(args.data)
-    scorer = C.Scorer(loaded.model, loaded.preprocess, loaded.tokenizer, args.device, args.batch_size)
-    result = {"model": args.model, "pretrained": args.pretrained, "benchmark": args.benchmark, "pooled": {}}
-    if args.benchmark in ("sugarcrepe", "shapes"):
-        images = Path(args.images) if args.images else (data / "images" if args.benchmark == "shapes" else None)
-        if images is None:
-            raise C.DatasetError("SugarCrepe needs --images (the COCO val2017 folder)")
-        subsets = C.read_sugarcrepe(data, images)
-        if args.benchmark == "shapes" and (data / "heldout").is_dir():
-            subsets.update({f"heldout/{k}": v for k, v in C.read_sugarcrepe(data / "heldout", images).items()})
-        result["subsets"] = C.score_pairs(scorer, subsets)
-        if args.benchmark == "sugarcrepe":
-            result["pooled"] = C.pooled(result["subsets"], C.SUGARCREPE_GROUPS)
-            result["reference_key"] = "sugarcrepe"
-        result["chance"] = 0.5
-        return result
-    if args.benchmark in ("aro-vgr", "aro-vga"):
-        images = Path(args.images) if args.images else data.parent / "images"
-        records = C.read_aro_vg(data, images)
-        correct = C.score_aro_vg(scorer, records, images)
-        if args.benchmark == "aro-vgr":
-            exclude = set(json.loads(Path(args.exclude).read_text())) if args.exclude else set()
-            score, groups = C.macro_accuracy(correct, C.vg_relation_groups(records), exclude=exclude)
-            name = "vg_relation"
-        else:
-            score, groups = C.macro_accuracy(correct, C.vg_attribution_groups(records), min_cases=C.ARO_MIN_PAIR_CASES)
-            name = "vg_attribution"
-        result.update(
-            subsets={name: {"accuracy": score, "n": sum(g["n"] for g in groups.values())}},
-            groups=groups,
-            reference_key="aro",
-            chance=0.5,
-        )
-        return result
-    from . import word_order as W
-
-    images = Path(args.images) if args.images else data.parent
-    cases = W.read_karpathy(data, images)
-    tagger = W.lexicon_pos_tagger() if args.tagger == "lexicon" else W.spacy_pos_tagger()
-    correct = W.score_order(scorer, cases, tagger, args.seed)
-    name = "coco_order" if args.benchmark == "aro-coco-order" else "flickr_order"
-    result.update(
-        subsets={name: C.counted(int(correct.sum()), len(cases))},
-        seed=args.seed,
-        tagger=args.tagger,
-        reference_key="aro",
-        chance=0.2,
-    )
-    return result
-
-
-def cmd_compositional(args: argparse.Namespace) -> int:
-    from .compositional_tables import bar_chart, markdown
-    from .datasets import DatasetError
-    from .models import ModelError, load_model
-
-    if args.download:
-        from .download import BENCHMARKS as DOWNLOADABLE
-        from .download import DownloadError, ensure
-
-        if args.benchmark not in DOWNLOADABLE:
-            return _err(f"--download fetches {', '.join(DOWNLOADABLE)}; {args.benchmark} is made by vlp-data")
-        try:
-            fetched = ensure(args.benchmark, Path(args.download), args.mirror, args.with_images)
-        except DownloadError as exn:
-            return _err(str(exn))
-        if args.images is None and args.data is None:  # an explicit --data keeps its own image default
-            if not fetched.images_ready:
-                return _err(fetched.images_hint)
-            args.images = str(fetched.images)
-        args.data = args.data or str(fetched.data)
-        if args.benchmark == "aro-vgr" and not args.exclude:
-            print(
-                "note: without --exclude every relation enters the macro accuracy; the official figure leaves "
-                "out the ARO notebook's list (EVAL_PROTOCOLS.md: vg_relation_excluded.json)",
-                file=sys.stderr,
-            )
-    elif args.mirror or args.with_images:
-        return _err("--mirror and --with-images go with --download DIR")
-    elif args.data is None:
-        return _err("--data is required (or --download DIR to fetch the benchmark's files first)")
-    if not Path(args.data).exists():
-        return _err(f"--data {args.data} does not exist")
-    try:
-        loaded = load_model(args.model, args.pretrained, args.device)
-        result = run_compositional(args, loaded)
-    except (DatasetError, ModelError) as exn:
-        return _err(str(exn))
-    print(markdown(result))
-    if args.out:
-        write_text_atomic(args.out, json.dumps(result, indent=2, default=str) + "\n")
-        chart = bar_chart(result, Path(args.out).with_suffix(".png"))
-        print(f"\nwritten {args.out} and {chart}", file=sys.stderr)
-    return 0
-
-
 def cmd_diagnose(args: argparse.Namespace) -> int:
     from .datasets import DatasetError
     from .diagnostics import diagnose, report
@@ -229,15 +136,19 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p, sub = command_parser("vlp-eval", __doc__)
-    s = add_command(sub, "zeroshot", "zero-shot classification and retrieval (CLIP_benchmark's metrics)", cmd_zeroshot)
-    s.add_argument(
-        "--model",
-        required=True,
-        help="open_clip model: a name (with --pretrained), local-dir:PATH, or an architecture .json",
+def _add_zeroshot_command(sub: argparse._SubParsersAction) -> None:
+    s = add_command(
+        sub,
+        "zeroshot",
+        "zero-shot classification and retrieval (CLIP_benchmark's metrics)",
+        cmd_zeroshot,
+        [
+            "vlp-eval zeroshot --model local-dir:runs/demo/export --dataset data/shapes/zeroshot --out zs.json",
+            "vlp-eval zeroshot --model ViT-B-32 --pretrained openai --dataset imagenet:/data/imagenet/val --amp",
+            "vlp-eval zeroshot --model ViT-B-32 --pretrained openai --dataset cifar10:/data/wds_cifar10 --device cuda",
+        ],
     )
-    s.add_argument("--pretrained", default="", help="open_clip pretrained tag or local weights file")
+    add_model_args(s)
     s.add_argument(
         "--dataset",
         required=True,
@@ -255,85 +166,43 @@ def build_parser() -> argparse.ArgumentParser:
         help="openai (CLIP's 80 ImageNet prompts), simple (its 7 short ones), or a file (one per line with {c}, "
         "or a JSON list); default: the dataset's own (named datasets: their standard ones)",
     )
-    s.add_argument("--batch-size", type=int, default=64)
-    s.add_argument("--device", default="cpu")
+    add_device_args(s)
     s.add_argument("--amp", action="store_true", help="autocast (default fp32, as CLIP_benchmark --no_amp)")
-    s.add_argument("--out", default=None, help="results JSON")
+    add_output_arg(s, "results JSON")
 
-    s = add_command(
-        sub, "compositional", "SugarCrepe, ARO and the shapes world, scored as the official scripts", cmd_compositional
-    )
-    s.add_argument("--model", required=True, help="open_clip model spec, as for zeroshot")
-    s.add_argument("--pretrained", default="")
-    s.add_argument("--benchmark", required=True, choices=BENCHMARKS)
-    s.add_argument(
-        "--data",
-        default=None,
-        help="sugarcrepe/shapes: folder of *.json; aro-vg*: the annotation JSON; *-order: the Karpathy test JSON "
-        "(required unless --download gives it)",
-    )
-    s.add_argument(
-        "--download",
-        metavar="DIR",
-        default=None,
-        help="first fetch the benchmark's official files into DIR (resumable; files already there are checked and "
-        "reused); --data and --images then default to them. Only SugarCrepe's files have a known sha256; ARO's "
-        "and the Karpathy files are only checked to be whole JSON. Offline, says which files to place where",
-    )
-    s.add_argument(
-        "--mirror",
-        metavar="URL",
-        default=None,
-        help="with --download: fetch URL/<path under DIR> instead of the official locations (a folder path means "
-        "file://); default $VLP_BENCHMARK_MIRROR",
-    )
-    s.add_argument(
-        "--with-images",
-        action="store_true",
-        help="with --download, also fetch and unpack the images: COCO val2017 (sugarcrepe, 0.8 GB), ARO's VG zip "
-        "(aro-vg*, 1 GB), COCO val2014 (aro-coco-order, 6 GB); Flickr30k needs a sign-up",
-    )
-    s.add_argument(
-        "--images",
-        default=None,
-        help="image folder (sugarcrepe: COCO val2017; aro-vg*: default DATA's folder/images; "
-        "*-order: default DATA's folder; shapes: DATA/images)",
-    )
-    s.add_argument("--exclude", default=None, help="aro-vgr: JSON list of relations left out of the macro average")
-    s.add_argument("--seed", type=int, default=1, help="*-order: seed of the shuffles (official default 1)")
-    s.add_argument(
-        "--tagger",
-        choices=("spacy", "lexicon"),
-        default="spacy",
-        help="*-order: part-of-speech tagger for the noun/adjective shuffles",
-    )
-    s.add_argument("--batch-size", type=int, default=64)
-    s.add_argument("--device", default="cpu")
-    s.add_argument("--out", default=None, help="results JSON (a PNG bar chart is written beside it)")
 
+def _add_diagnose_command(sub: argparse._SubParsersAction) -> None:
     s = add_command(
         sub,
         "diagnose",
         "which tower is blind: caption/negative text cosines, and linear probes of the image features "
         "for the shapes world's spatial relation",
         cmd_diagnose,
+        [
+            "vlp-eval diagnose --model local-dir:runs/demo/export --data data/shapes/compositional --out diag.json",
+            "vlp-eval diagnose --model local-dir:runs/demo/export --data data/shapes/compositional --probe-train 500",
+        ],
     )
-    s.add_argument("--model", required=True, help="open_clip model spec, as for zeroshot")
-    s.add_argument("--pretrained", default="")
+    add_model_args(s)
     s.add_argument("--data", required=True, help="a SugarCrepe-format folder, e.g. data/shapes/compositional")
     s.add_argument("--images", default=None, help="its image folder (default DATA/images)")
     s.add_argument("--probe-train", type=int, default=2000, help="fresh probe scenes to fit on")
     s.add_argument("--probe-test", type=int, default=1000, help="fresh probe scenes to score")
     s.add_argument("--seed", type=int, default=0, help="seed of the probe scenes and its validation split")
-    s.add_argument("--batch-size", type=int, default=64)
-    s.add_argument("--device", default="cpu")
-    s.add_argument("--out", default=None, help="results JSON")
+    add_device_args(s)
+    add_output_arg(s, "results JSON")
 
+
+def _add_report_command(sub: argparse._SubParsersAction) -> None:
     s = add_command(
         sub,
         "report",
         "one self-contained HTML page (and a Markdown twin) comparing result JSONs and training runs",
         cmd_report,
+        [
+            "vlp-eval report demo=runs/demo runs/demo/compositional_shapes.json --out report.html",
+            "vlp-eval report clip=runs/clip negclip=runs/negclip --out compare.html",
+        ],
     )
     s.add_argument(
         "results",
@@ -342,14 +211,31 @@ def build_parser() -> argparse.ArgumentParser:
         help="vlp-eval zeroshot/compositional JSONs, training run folders (metrics.jsonl, eval.jsonl), each "
         "optionally NAME=PATH to name its column (default: the model, or the run folder's name)",
     )
-    s.add_argument("--out", required=True, help="the HTML page, e.g. report.html (report.md and report_charts/ beside)")
+    add_output_arg(s, "the HTML page, e.g. report.html (report.md and report_charts/ beside)", required=True)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p, sub = command_parser(
+        "vlp-eval",
+        __doc__,
+        [
+            "vlp-eval zeroshot --model local-dir:runs/demo/export --dataset data/shapes/zeroshot --split heldout",
+            "vlp-eval compositional --model local-dir:runs/demo/export --benchmark shapes "
+            "--data data/shapes/compositional",
+            "vlp-eval report demo=runs/demo runs/demo/compositional_shapes.json --out report.html",
+        ],
+    )
+    _add_zeroshot_command(sub)
+    add_compositional_command(sub)
+    _add_diagnose_command(sub)
+    _add_report_command(sub)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING)
     args = build_parser().parse_args(argv)
-    return args.fn(args)
+    return run("vlp-eval", args.fn, args)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ from vlp.checkpoint import (
 )
 from vlp.config import load_config
 from vlp.train.errors import TrainingError
-from vlp.train.setup import resolve_resume
+from vlp.train.resume import resolve_resume
 from vlp.train.watchdog import Heartbeat, is_collective_failure
 
 

@@ -61,7 +61,7 @@ def test_cli_refuses_bad_configs_before_writing_anything(tmp_path, capsys):
     for argv in cases:
         assert vlp_train(argv) == 2
         err = capsys.readouterr().err
-        assert err.startswith("vlp-train: config error:"), err
+        assert err.startswith("vlp-train: error:"), err
     assert "matches no file" in vlp_train_err(capsys, [f"output_dir={out}", f"data.train={tmp_path}/no-{{0..3}}.tar"])
     assert not out.exists()
 

@@ -466,10 +466,11 @@ def test_peek_streams_batches_and_fails_on_bad_data(tmp_path, capsys):
     assert vlp_data(["peek", str(tmp_path / "ok"), "--batches", "2", "--batch-size", "4", "--workers", "0"]) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["batches"] == 2 and summary["samples"] == 8 and summary["state"]["position"] == 8
-    # Data that cannot be used is exit status 1 (EXIT_DATA), not a usage error.
+    # Data that cannot be used is exit status 1 (a runtime failure); shards that do not exist are 2 (the
+    # command line's to fix: vlp.common.cli's convention).
     write_shards(tmp_path / "bad", [{"__key__": f"k{i}", "txt": b"no image"} for i in range(40)], shard_size=10)
     with deadline(60):
         assert vlp_data(["peek", str(tmp_path / "bad"), "--workers", "0"]) == 1
     assert "missing_image" in capsys.readouterr().err
-    assert vlp_data(["peek", str(tmp_path / "none-{0..3}.tar")]) == 1
+    assert vlp_data(["peek", str(tmp_path / "none-{0..3}.tar")]) == 2
     assert "matches no file" in capsys.readouterr().err

@@ -257,14 +257,14 @@ def test_an_unknown_tracker_or_a_missing_package_is_a_config_error(tmp_path, cap
     known = ", ".join(known_trackers())
     assert {"tensorboard", "wandb", "mlflow", "aim", "comet_ml", "clearml", "dvclive"} <= set(known_trackers())
     assert refusal("[tensorboard, wandbb]") == (
-        f"vlp-train: config error: log.trackers: unknown tracker 'wandbb' (did you mean 'wandb'?); "
+        f"vlp-train: error: log.trackers: unknown tracker 'wandbb' (did you mean 'wandb'?); "
         f"accelerate's trackers are {known}\n"
     )
     assert "log.trackers: unknown tracker 'all'" in refusal("[all]")
     # as if wandb were not installed (accelerate asks the same function)
     monkeypatch.setattr(accelerate.utils.imports, "is_wandb_available", lambda: False)
     assert refusal("[wandb]") == (
-        "vlp-train: config error: log.trackers: 'wandb' needs the wandb package: pip install 'vlp[wandb]'\n"
+        "vlp-train: error: log.trackers: 'wandb' needs the wandb package: pip install 'vlp[wandb]'\n"
     )
     monkeypatch.setattr(accelerate.utils.imports, "is_aim_available", lambda: False)
     assert "log.trackers: 'aim' needs the aim package: pip install 'vlp[aim]'" in refusal("[aim]")

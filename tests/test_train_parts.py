@@ -203,7 +203,7 @@ def test_a_resume_that_would_change_the_data_order_is_refused_naming_the_key(tra
     value is refused (before anything is written: resolve_resume runs first); the job's shape is not."""
     from data_pipelines.loader import StreamingLoader
     from vlp.config import load_config
-    from vlp.train.setup import refuse_another_data_order
+    from vlp.train.resume import refuse_another_data_order
 
     ckpt = tmp_path / "step_4"
     ckpt.mkdir()

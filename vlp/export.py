@@ -8,7 +8,6 @@ exports its full-precision weights.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -19,6 +18,7 @@ from safetensors.torch import save_file
 
 from .checkpoint import DamagedCheckpoint, checkpoint_state_dict, verify_checkpoint
 from .common.atomic import staged, write_json_atomic
+from .common.cli import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, add_output_arg, error, parser
 from .torchscript import convert, is_torchscript_archive
 
 CONFIG_NAME = "open_clip_config.json"
@@ -66,7 +66,7 @@ def _export(checkpoint: str, out: str) -> str:
     return f"exported {checkpoint} -> {done} (load with open_clip.create_model_and_transforms('local-dir:{done}'))"
 
 
-# command -> (what it does, its input and help, what --out is, the function)
+# command -> (what it does, its input and help, what --out is, the function, examples)
 COMMANDS = {
     "vlp-export": (
         "Export a vlp checkpoint (OUTPUT/checkpoints/step_N) as an open_clip local dir. "
@@ -74,6 +74,10 @@ COMMANDS = {
         ("checkpoint", "checkpoint directory, e.g. runs/demo/checkpoints/step_600"),
         "output directory (replaced if it exists)",
         _export,
+        [
+            "vlp-export runs/demo/checkpoints/step_450 --out runs/demo/export",
+            "vlp-export convert ViT-B-32.pt --out vit_b32_openai.safetensors",
+        ],
     ),
     "vlp-export convert": (
         "Write the weights of a TorchScript archive (e.g. OpenAI's ViT-B-32.pt) as safetensors, usable as "
@@ -81,6 +85,7 @@ COMMANDS = {
         ("archive", "TorchScript archive (.pt)"),
         "weights file to write (.safetensors)",
         _convert,
+        ["vlp-export convert ViT-B-32.pt --out vit_b32_openai.safetensors"],
     ),
 }
 
@@ -88,20 +93,23 @@ COMMANDS = {
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     prog = "vlp-export convert" if argv[:1] == ["convert"] else "vlp-export"
-    description, (name, help_), out_help, run = COMMANDS[prog]
-    p = argparse.ArgumentParser(prog=prog, description=description)
+    description, (name, help_), out_help, work, examples = COMMANDS[prog]
+    p = parser(prog, description, examples)
     p.add_argument(name, help=help_)
-    p.add_argument("--out", required=True, help=out_help)
+    add_output_arg(p, out_help, required=True)
     args = p.parse_args(argv[1:] if prog.endswith("convert") else argv)
     try:
-        print(run(getattr(args, name), args.out))
+        print(work(getattr(args, name), args.out))
     except DamagedCheckpoint as exn:  # the bytes on disk are wrong, not the command
-        print(f"{prog}: error: the checkpoint is damaged: {exn}", file=sys.stderr)
-        return 1
-    except (FileNotFoundError, ValueError, KeyError, RuntimeError) as exn:
-        print(f"{prog}: error: {exn}", file=sys.stderr)
-        return 2
-    return 0
+        return error(prog, f"the checkpoint is damaged: {exn}", EXIT_FAILED)
+    except (FileNotFoundError, ValueError, KeyError) as exn:  # a wrong path, a file that is not a checkpoint
+        return error(prog, str(exn), EXIT_USAGE)
+    except RuntimeError as exn:  # torch or DeepSpeed failed while reading or writing: not the command line
+        return error(prog, str(exn), EXIT_FAILED)
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -25,9 +25,9 @@ window, the shard list), and a loader of any shape continues from it without rea
 samples.
 """
 
-from .decode import NEGATIVE_SAMPLING
 from .jpeg import DECODERS
 from .loader import StreamingLoader
+from .options import NEGATIVE_SAMPLING, StreamOptions
 from .order import EpochOrder
 from .stream import MODES, DataPipelineError
 
@@ -37,5 +37,6 @@ __all__ = [
     "NEGATIVE_SAMPLING",
     "DataPipelineError",
     "EpochOrder",
+    "StreamOptions",
     "StreamingLoader",
 ]

@@ -7,8 +7,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import random
-import zlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,20 +25,15 @@ from ..shards.reader import (
     negative_texts,
     neighbour_field,
 )
-from .jpeg import DECODERS, JPEG_EXTENSIONS, CropGeometry, DeviceImages, EncodedImage, FastJpeg
+from .jpeg import JPEG_EXTENSIONS, CropGeometry, DeviceImages, EncodedImage, FastJpeg
+from .options import StreamOptions
+from .order import stable_seed
 from .transforms import split_transform, stack_uint8
 
 log = logging.getLogger("data_pipelines")
 
 # "random": K of a sample's negatives drawn afresh every epoch; "fixed": its first K, every epoch.
-NEGATIVE_SAMPLING: tuple[str, ...] = ("random", "fixed")
 NEIGHBOUR_PREFIX = "neighbour."  # the neighbour's image member: neighbour.png, neighbour.jpg, ...
-
-
-def stable_seed(*parts: Any) -> int:
-    """A stable 64-bit seed from any parts (Python's hash() is salted per process)."""
-    text = "\x1f".join(str(p) for p in parts).encode()
-    return zlib.crc32(text) << 32 | zlib.adler32(text)
 
 
 @dataclass
@@ -59,26 +53,8 @@ class Item:
 
 
 class SampleDecoder:
-    def __init__(
-        self,
-        preprocess: Callable,
-        tokenizer: Callable,
-        num_negatives: int,
-        negative_types: Sequence[str] | None,
-        negative_sampling: str = "random",
-        neighbours: bool = False,
-        captions: bool = False,
-        neighbour_kinds: Sequence[str] | None = None,
-        decoder: str = "pil",
-    ):
-        if negative_sampling not in NEGATIVE_SAMPLING:
-            raise ValueError(f"negative_sampling must be one of {NEGATIVE_SAMPLING}, got {negative_sampling!r}")
-        if decoder not in DECODERS:
-            raise ValueError(f"decoder must be one of {DECODERS}, got {decoder!r}")
-        if decoder == "device" and neighbours:
-            raise ValueError(
-                "decoder 'device' cannot be combined with neighbours (their images join the batch on the CPU)"
-            )
+    def __init__(self, preprocess: Callable, tokenizer: Callable, options: StreamOptions):
+        decoder = options.decoder
         self.transform = split_transform(preprocess)
         # JPEG members take the fast path when the transform is open_clip's (jpeg.py); else PIL.
         geometry = CropGeometry.of(preprocess) if decoder != "pil" else None
@@ -91,12 +67,12 @@ class SampleDecoder:
         self.decoder = decoder if geometry is not None else "pil"
         self.jpeg = FastJpeg(geometry) if geometry is not None else None
         self.tokenizer = tokenizer
-        self.num_negatives = num_negatives
-        self.negative_types = negative_types
-        self.negative_sampling = negative_sampling
-        self.neighbours = neighbours
-        self.neighbour_kinds = frozenset(neighbour_kinds or ())
-        self.captions = captions
+        self.num_negatives = options.num_negatives
+        self.negative_types = options.negative_types
+        self.negative_sampling = options.negative_sampling
+        self.neighbours = options.neighbours
+        self.neighbour_kinds = frozenset(options.neighbour_kinds or ())
+        self.captions = options.captions
 
     def _negatives(self, meta: dict, sample: dict, rng: random.Random) -> list[str]:
         if not self.num_negatives:

@@ -5,6 +5,7 @@ of ranks and workers."""
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import functools
 import logging
 import os
@@ -19,8 +20,8 @@ from torch.utils.data import DataLoader
 
 from ..shards.reader import SkipCounter
 from ..shards.specs import parse_sources
-from .decode import NEGATIVE_SAMPLING
-from .stream import MODES, DataPipelineError, ShardStream, data_fingerprint, resolve_shards
+from .options import StreamOptions
+from .stream import DataPipelineError, ShardStream, data_fingerprint, resolve_shards
 
 log = logging.getLogger("data_pipelines")
 
@@ -70,44 +71,11 @@ class StreamingLoader:
         tokenizer: open_clip tokenizer, list of strings -> LongTensor.
         batch_size: per rank; the global batch is ``batch_size x world_size`` samples of the epoch's
             global order (:mod:`~data_pipelines.loader.order`), whatever the number of workers.
-        mode: ``split`` (every sample once per epoch, in an order shuffled with ``(seed, epoch)``) or
-            ``resampled`` (draws with replacement, weighted by source).
-        weights: per source, ``resampled`` mode only.
-        epochs: stop after this many epochs (None: endless).
-        epoch_samples: nominal epoch length in ``resampled`` mode (default: the size of the data
-            when ``sizes.json`` knows it, else 1000 per shard).
-        drop_last: drop the epoch's last partial global batch (keeps batch shapes equal across ranks).
-        max_consecutive_skips: a sample that cannot be used is replaced by a stand-in drawn from its
-            position (:meth:`~data_pipelines.loader.order.EpochOrder.spare`); a position that finds no
-            usable sample in this many tries stops the run.
-        negative_sampling: ``random`` (K of a sample's negatives drawn afresh each epoch) or ``fixed``
-            (the first K, after the ``negative_types`` filter, in every epoch: DeGLA's data).
-        captions: also return the caption strings (``caption``), e.g. for an external text teacher.
-        neighbours: also return each sample's neighbour: the ``neighbour.<ext>`` member, preprocessed
-            like ``image`` with a seed of its own, and the JSON ``neighbour``'s caption and negatives
-            (sampled like the sample's). A sample without one is skipped (``missing_neighbour``).
-        neighbour_kinds: keep only samples whose JSON neighbour's ``twin`` is one of these (e.g. the
-            shapes world's ``mirror_relation``); the others are counted as ``other_neighbour_kind``.
-        worker_nice: added to the workers' niceness (0-19). When training on the CPU, workers that
-            yield to the compute threads keep a step's parallel regions from stalling on a
-            preempted thread; the scheduler still gives them every idle cycle.
-        read_retries: a remote shard whose opening or reading fails transiently while it is copied into
-            ``cache_dir`` (a ``pipe:`` command exiting non-zero, an fsspec or network error, a stream
-            breaking off) is read again up to this many times, passing over the samples already
-            copied, before it counts as skipped (``unreadable_shard``/``truncated_shard``); each retry
-            counts as ``shard_read_retries`` in :attr:`skipped`. 0: no retries. See
-            :func:`~data_pipelines.shards.reader.iter_shard` for which failures are retried.
-        retry_backoff_s: wait this long before the first retry of a shard, twice as long before the
-            next, and so on.
-        decoder: how JPEG members become pixels (:mod:`data_pipelines.loader.jpeg`): ``pil`` (the
-            default here: ``preprocess`` exactly, float batches), ``fast`` (DCT-scaled libjpeg-turbo
-            decode and one bilinear crop-resize; ``image`` is a uint8 B×3×H×W tensor and
-            ``image_normalize`` its (mean, std): :func:`~data_pipelines.loader.jpeg.images_to` makes
-            the model's input on any device; the trainer's default) or ``device`` (``image`` is a
-            :class:`~data_pipelines.loader.jpeg.DeviceImages`: JPEG bytes decoded on ``.to(device)``).
-        cache_dir: where shards that cannot be read by offset in place (remote URLs, ``.tar.gz``) are
-            copied, once per machine, and where indexes of read-only local shards are kept
-            (:mod:`data_pipelines.shards.cache`; default ``$VLP_SHARD_CACHE`` or a temporary folder).
+        rank, world_size: this process's place (default: torch.distributed's, else 0 of 1).
+        options: everything else, one frozen :class:`~data_pipelines.loader.options.StreamOptions`
+            (the data order, what a sample brings, reading, the DataLoader's workers).
+        overrides: fields of :class:`StreamOptions` by keyword (``num_workers=2, epochs=1``), applied
+            over ``options``.
     """
 
     def __init__(
@@ -117,102 +85,58 @@ class StreamingLoader:
         preprocess: Callable,
         tokenizer: Callable,
         batch_size: int,
-        mode: str = "split",
-        weights: Sequence[float] | None = None,
-        num_workers: int = 0,
-        seed: int = 0,
         rank: int | None = None,
         world_size: int | None = None,
-        shuffle_buffer: int = 1000,
-        num_negatives: int = 0,
-        negative_types: Sequence[str] | None = None,
-        drop_last: bool = True,
-        epochs: int | None = None,
-        epoch_samples: int | None = None,
-        max_consecutive_skips: int = 1000,
-        prefetch_factor: int = 2,
-        captions: bool = False,
-        worker_nice: int = 0,
-        negative_sampling: str = "random",
-        neighbours: bool = False,
-        neighbour_kinds: Sequence[str] | None = None,
-        read_retries: int = 3,
-        retry_backoff_s: float = 1.0,
-        decoder: str = "pil",
-        pin_memory: bool = False,
-        cache_dir: str | None = None,
+        options: StreamOptions | None = None,
+        **overrides: Any,
     ):
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        o = dataclasses.replace(options or StreamOptions(), **overrides)
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
-        if negative_sampling not in NEGATIVE_SAMPLING:
-            raise ValueError(f"negative_sampling must be one of {NEGATIVE_SAMPLING}, got {negative_sampling!r}")
-        if not 0 <= worker_nice <= 19:
-            raise ValueError(f"worker_nice must be in 0..19, got {worker_nice}")
-        if num_workers < 0 or num_negatives < 0:
-            raise ValueError("num_workers and num_negatives must not be negative")
-        if read_retries < 0 or not retry_backoff_s >= 0:
-            raise ValueError(f"read_retries ({read_retries}) and retry_backoff_s ({retry_backoff_s}) must be >= 0")
-        if mode == "split" and weights is not None and any(w != 1 for w in weights):
-            raise ValueError("source weights need mode='resampled' (split mode reads every sample once)")
         if rank is None or world_size is None:
             rank, world_size = _default_rank_world()
-        self.sources = parse_sources(spec, weights)
-        self.mode = mode
-        self.batch_size = batch_size
-        self.num_workers = num_workers
-        self.seed = seed
-        self.shuffle_buffer = shuffle_buffer
-        self.rank = rank
-        self.world_size = world_size
-        self.epochs = epochs
-        self.prefetch_factor = prefetch_factor
-        self.pin_memory = pin_memory
-        self.worker_nice = worker_nice
-        self.cache_dir = cache_dir or default_cache_dir()
-        self.data = data_fingerprint(self.sources, mode)
+        self.cache_dir = o.cache_dir or default_cache_dir()
+        self.options = o = dataclasses.replace(o, cache_dir=self.cache_dir)
+        self.sources = parse_sources(spec, o.weights)
+        self.mode, self.seed, self.shuffle_buffer, self.epochs = o.mode, o.seed, o.shuffle_buffer, o.epochs
+        self.batch_size, self.rank, self.world_size = batch_size, rank, world_size
+        self.num_workers, self.prefetch_factor = o.num_workers, o.prefetch_factor
+        self.pin_memory, self.worker_nice = o.pin_memory, o.worker_nice
+        self.data = data_fingerprint(self.sources, o.mode)
         self._loader: DataLoader | None = None  # made once: its workers persist across epochs
         opening = SkipCounter(f" (rank {rank})")
-        shards = resolve_shards(self.sources, self.cache_dir, opening, retries=read_retries, backoff_s=retry_backoff_s)
+        shards = resolve_shards(
+            self.sources, self.cache_dir, opening, retries=o.read_retries, backoff_s=o.retry_backoff_s
+        )
         self.dataset = ShardStream(
             shards,
-            mode=mode,
             preprocess=preprocess,
             tokenizer=tokenizer,
             batch_size=batch_size,
             rank=rank,
             world_size=world_size,
-            seed=seed,
-            shuffle_buffer=shuffle_buffer,
-            num_negatives=num_negatives,
-            negative_types=negative_types,
-            drop_last=drop_last,
+            options=o,
             weights=[s.weight for s in self.sources],
-            epoch_samples=epoch_samples,
-            max_consecutive_skips=max_consecutive_skips,
-            captions=captions,
-            negative_sampling=negative_sampling,
-            neighbours=neighbours,
-            neighbour_kinds=neighbour_kinds,
-            decoder=decoder,
-            cache_dir=self.cache_dir,
         )
-        try:
-            first = self.dataset.order(0)
-        except ValueError as exn:
-            raise DataPipelineError(f"{spec}: {exn} (skipped: {opening.as_dict() or 'nothing'})") from None
-        self.epoch_samples = len(first)
-        if drop_last and first.batches(self.global_batch) == 0:
-            raise DataPipelineError(
-                f"{spec}: an epoch of {len(first)} samples holds no global batch of {self.global_batch} "
-                f"({world_size} ranks x {batch_size}); use smaller batches or more data "
-                f"(skipped: {opening.as_dict() or 'nothing'})"
-            )
+        self.epoch_samples = self._first_epoch_length(spec, opening)
         self._reset_epoch(0)
         self._skipped_done: dict[str, int] = opening.as_dict()
         self.last_batch_cpu_seconds = 0.0  # CPU time the last batch cost its worker (images_per_core_s)
         self.bytes_read = 0  # shard bytes read for the batches received so far
+
+    def _first_epoch_length(self, spec: str | Sequence[str], opening: SkipCounter) -> int:
+        """The first epoch's number of samples; fails fast when it cannot hold one global batch."""
+        try:
+            first = self.dataset.order(0)
+        except ValueError as exn:
+            raise DataPipelineError(f"{spec}: {exn} (skipped: {opening.as_dict() or 'nothing'})") from None
+        if self.options.drop_last and first.batches(self.global_batch) == 0:
+            raise DataPipelineError(
+                f"{spec}: an epoch of {len(first)} samples holds no global batch of {self.global_batch} "
+                f"({self.world_size} ranks x {self.batch_size}); use smaller batches or more data "
+                f"(skipped: {opening.as_dict() or 'nothing'})"
+            )
+        return len(first)
 
     @property
     def global_batch(self) -> int:
@@ -335,14 +259,21 @@ class StreamingLoader:
         self.close()
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        while self.epochs is None or self.epoch < self.epochs:
-            fresh = self.position == 0  # a resume may start where no whole batch is left
-            yield from self._epoch_batches()
-            if self.batches_in_epoch == 0 and fresh:
-                raise DataPipelineError(
-                    f"rank {self.rank}: epoch {self.epoch} produced no batch of {self.batch_size} "
-                    f"(skipped: {self.skipped or 'nothing'}); every sample was filtered out or the shards "
-                    "hold fewer samples than one global batch"
-                )
-            self._skipped_done = self.skipped
-            self._reset_epoch(self.epoch + 1)
+        try:
+            while self.epochs is None or self.epoch < self.epochs:
+                fresh = self.position == 0  # a resume may start where no whole batch is left
+                yield from self._epoch_batches()
+                if self.batches_in_epoch == 0 and fresh:
+                    raise DataPipelineError(
+                        f"rank {self.rank}: epoch {self.epoch} produced no batch of {self.batch_size} "
+                        f"(skipped: {self.skipped or 'nothing'}); every sample was filtered out or the shards "
+                        "hold fewer samples than one global batch"
+                    )
+                self._skipped_done = self.skipped
+                self._reset_epoch(self.epoch + 1)
+        except Exception:
+            # A stream that failed ends its workers now, not when the loader is collected (a traceback
+            # that is kept, by a caller or a test, keeps the loader alive). Leaving the loop early
+            # (GeneratorExit) keeps them: they serve the next iteration.
+            self.close()
+            raise

@@ -22,14 +22,20 @@ attempt)``: again a function of the position alone.
 from __future__ import annotations
 
 import random
+import zlib
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
-from .decode import stable_seed
-
 MODES = ("split", "resampled")
 DRAW_BLOCK = 4096  # resampled draws are made this many at a time
+
+
+def stable_seed(*parts: Any) -> int:
+    """A stable 64-bit seed from any parts (Python's hash() is salted per process)."""
+    text = "\x1f".join(str(p) for p in parts).encode()
+    return zlib.crc32(text) << 32 | zlib.adler32(text)
 
 
 def shuffled_shards(n_shards: int, *, seed: int, epoch: int) -> list[int]:

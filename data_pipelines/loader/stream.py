@@ -25,8 +25,9 @@ from ..shards.index import ShardIndex, ShardIndexError, load_index, read_sample
 from ..shards.reader import TRUNCATED_SHARD, UNREADABLE_SHARD, SkipCounter, SkipSample
 from ..shards.specs import Source, local_path, shard_name
 from .decode import SampleDecoder
-from .decode import stable_seed as _seed
+from .options import StreamOptions
 from .order import MODES, EpochOrder, rank_positions
+from .order import stable_seed as _seed
 
 __all__ = ["MODES", "DataPipelineError", "ShardFile", "ShardStream", "resolve_shards"]
 
@@ -125,51 +126,28 @@ class ShardStream(IterableDataset):
         self,
         shards: Sequence[ShardFile],
         *,
-        mode: str,
         preprocess: Callable,
         tokenizer: Callable,
         batch_size: int,
         rank: int,
         world_size: int,
-        seed: int,
-        shuffle_buffer: int,
-        num_negatives: int,
-        negative_types: Sequence[str] | None,
-        drop_last: bool,
-        max_consecutive_skips: int,
+        options: StreamOptions,
         weights: Sequence[float] | None = None,
-        epoch_samples: int | None = None,
-        captions: bool = False,
-        negative_sampling: str = "random",
-        neighbours: bool = False,
-        neighbour_kinds: Sequence[str] | None = None,
-        decoder: str = "pil",
-        cache_dir: str | None = None,
     ):
+        """``weights``: one per shard's source, as :func:`~data_pipelines.shards.specs.parse_sources`
+        resolved them (resampled mode draws a source by its weight)."""
         self.shards = list(shards)
-        self.mode = mode
-        self.decoder = SampleDecoder(
-            preprocess,
-            tokenizer,
-            num_negatives,
-            negative_types,
-            negative_sampling,
-            neighbours,
-            captions,
-            neighbour_kinds,
-            decoder,
-        )
+        self.options = options
+        self.decoder = SampleDecoder(preprocess, tokenizer, options)
         self.transform = self.decoder.transform
         self.batch_size = batch_size
         self.rank = rank
         self.world_size = world_size
-        self.seed = seed
-        self.shuffle_buffer = shuffle_buffer
-        self.drop_last = drop_last
-        self.max_consecutive_skips = max_consecutive_skips
         self.weights = weights
-        self.epoch_samples = epoch_samples
-        self.cache_dir = cache_dir
+        # the options the order and the reading use, by name
+        self.mode, self.seed, self.shuffle_buffer = options.mode, options.seed, options.shuffle_buffer
+        self.drop_last, self.epoch_samples = options.drop_last, options.epoch_samples
+        self.max_consecutive_skips, self.cache_dir = options.max_consecutive_skips, options.cache_dir
         # Where the next iteration starts: set by the loader before each epoch.
         self.epoch = 0
         self.start = 0  # samples of the epoch's order already consumed (by every rank together)

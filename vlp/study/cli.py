@@ -21,6 +21,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+from ..common.cli import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, error, non_negative_int, parser
 from .cells import (
     START,
     Cell,
@@ -38,20 +39,26 @@ from .spec import Study, StudyError, load_study
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="vlp-study",
-        description="Run a seeded, budget-matched study (recipes × seeds × one varied setting) and aggregate it: "
-        "mean and 95% interval per metric, paired tests against the control, table and plots.",
-        epilog="Interrupt with Ctrl-C at any time; the same command resumes. Studies: configs/studies/*.yaml",
+    p = parser(
+        "vlp-study",
+        "Run a seeded, budget-matched study (recipes × seeds × one varied setting) and aggregate it: mean and 95% "
+        "interval per metric, paired tests against the control, table and plots. Interrupt with Ctrl-C at any "
+        "time; the same command resumes. Studies: configs/studies/*.yaml",
+        [
+            "vlp-study --config configs/studies/main.yaml",
+            "vlp-study --config configs/studies/main.yaml --list",
+            "vlp-study --config configs/studies/main.yaml --only 'negclip__*' --max-cells 1",
+            "vlp-study --config configs/studies/main.yaml --report-only",
+        ],
     )
     p.add_argument("--config", required=True, help="the study YAML")
     p.add_argument("--only", action="append", default=[], help="run only cells whose name matches (glob; repeatable)")
-    p.add_argument("--max-cells", type=int, default=0, help="stop after running this many cells (0: all)")
+    p.add_argument("--max-cells", type=non_negative_int, default=0, help="stop after running this many cells (0: all)")
     p.add_argument("--report-only", action="store_true", help="aggregate the finished cells; run nothing")
     p.add_argument("--list", action="store_true", help="list the cells and whether each is done")
     p.add_argument(
         "--threads",
-        type=int,
+        type=non_negative_int,
         default=0,
         help="torch threads of the evaluation (0: torch's default); training threads are the cells' train.threads",
     )
@@ -177,8 +184,7 @@ def _run_cells(study, cells, args) -> int | None:
         try:
             claimed = claim(study, cell)
         except OSError as exn:
-            print(f"vlp-study: {exn}", file=sys.stderr)
-            return 2
+            return error("vlp-study", str(exn), EXIT_USAGE)
         if claimed is None:
             print(f"[{i}/{len(todo)}] {cell.name}: being run by another vlp-study process; skipped", flush=True)
             continue
@@ -193,12 +199,11 @@ def _run_cells(study, cells, args) -> int | None:
             run_dir = None if cell.recipe == START else Path(study.runs) / cell.name
             path = finish_cell(study, cell, record, run_dir)  # done, before the claim is released
         except (Interrupted, KeyboardInterrupt):
-            print(f"interrupted during {cell.name}; rerun the same command to resume it", file=sys.stderr)
-            return 130
+            print(f"vlp-study: interrupted during {cell.name}; rerun the same command to resume it", file=sys.stderr)
+            return EXIT_INTERRUPTED
         except CellFailed as exn:
-            print(f"vlp-study: {exn}", file=sys.stderr)
             write_report(study)
-            return 1
+            return error("vlp-study", str(exn), EXIT_FAILED)
         finally:
             claimed.release()
         ran += 1
@@ -217,15 +222,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         study = load_study(args.config)
     except StudyError as exn:
-        print(f"vlp-study: {exn}", file=sys.stderr)
-        return 2
+        return error("vlp-study", str(exn), EXIT_USAGE)
     cells = [c for c in cells_of(study) if not args.only or any(fnmatch.fnmatch(c.name, p) for p in args.only)]
     if args.list:
         for c in cells:
             pid = None if result_path(study, c).is_file() else held_by(study, c)
             state = "done" if result_path(study, c).is_file() else "todo" if pid is None else "running"
             print(f"{state:7s}  {c.name}" + (f"  (pid {pid})" if pid and pid > 0 else ""))
-        return 0
+        return EXIT_OK
     if not args.report_only:
         start = study.evaluate.start.removeprefix("local-dir:")
         missing = [p for p in [start] if p and not Path(p).exists()]
@@ -234,12 +238,12 @@ def main(argv: list[str] | None = None) -> int:
         ]
         missing += [p for p in study.evaluate.probes.values() if not Path(p).exists()]
         if missing:
-            print(
-                f"vlp-study: {study.path}: missing {', '.join(missing)} (run `make demo` first for the shapes "
-                "world and its export; a second drawing: `vlp-data shapes-probes`)",
-                file=sys.stderr,
+            return error(
+                "vlp-study",
+                f"{study.path}: missing {', '.join(missing)} (run `make demo` first for the shapes world and its "
+                "export; a second drawing: `vlp-data shapes-probes`)",
+                EXIT_USAGE,
             )
-            return 2
         with _signals_stop_the_study():
             code = _run_cells(study, cells, args)
         if code is not None:
@@ -250,4 +254,4 @@ def main(argv: list[str] | None = None) -> int:
         f"table, summary and plots in {study.results}"
         + (f" ({len(summary['missing'])} cells missing)" if summary["missing"] else "")
     )
-    return 0
+    return EXIT_OK

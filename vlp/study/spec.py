@@ -84,6 +84,47 @@ def _mapping(where: str, value: Any, required: bool = True) -> dict:
     return value
 
 
+def _recipes(path: Path, raw: dict) -> list[Recipe]:
+    """The ``recipes`` mapping: each a recipe YAML that exists, names a cell can carry."""
+    recipes = []
+    for rname, body in _mapping(f"{path}: recipes", raw.get("recipes")).items():
+        body = _mapping(f"{path}: recipes.{rname}", body)
+        extra = sorted(set(body) - {"config", "overrides"})
+        if extra or not isinstance(body.get("config"), str):
+            raise StudyError(f"{path}: recipes.{rname} needs 'config' (a recipe YAML) and optional 'overrides'")
+        if not Path(body["config"]).is_file():
+            raise StudyError(f"{path}: recipes.{rname}.config: {body['config']} does not exist")
+        recipes.append(
+            Recipe(str(rname), body["config"], _strings(f"{path}: recipes.{rname}.overrides", body.get("overrides")))
+        )
+    names = [r.name for r in recipes]
+    bad = [n for n in names if "__" in n or "/" in n or n == "start"]
+    if bad:
+        raise StudyError(f"{path}: recipe names may not contain '__' or '/' nor be 'start': {bad}")
+    return recipes
+
+
+def _evaluation(path: Path, raw: dict) -> Evaluation:
+    """The ``evaluate`` mapping: zero-shot sets and/or probes, diagnostics, the headline metrics."""
+    ev = _mapping(f"{path}: evaluate", raw.get("evaluate"))
+    unknown = sorted(set(ev) - _EVAL)
+    if unknown:
+        raise StudyError(f"{path}: evaluate: unknown key(s) {unknown}; allowed: {sorted(_EVAL)}")
+    zeroshot = {str(k): str(v) for k, v in _mapping(f"{path}: evaluate.zeroshot", ev.get("zeroshot"), False).items()}
+    probes = {str(k): str(v) for k, v in _mapping(f"{path}: evaluate.probes", ev.get("probes"), False).items()}
+    if not zeroshot and not probes:
+        raise StudyError(f"{path}: evaluate needs zeroshot and/or probes")
+    diagnostics = ev.get("diagnostics")
+    if diagnostics is not None and not (
+        isinstance(diagnostics, dict) and set(diagnostics) <= {"probe_train", "probe_test"}
+    ):
+        raise StudyError(f"{path}: evaluate.diagnostics must be a mapping of probe_train / probe_test")
+    headline = ev.get("headline") or {}
+    if headline and set(headline) != {"gain", "cost"}:
+        raise StudyError(f"{path}: evaluate.headline needs exactly 'gain' and 'cost' (metric names)")
+    return Evaluation(zeroshot, probes, str(ev.get("start") or ""), diagnostics, dict(headline))
+
+
 def load_study(path: str | Path) -> Study:
     """Parse and check a study file; every mistake is one StudyError naming ``path`` and the key."""
     path = Path(path)
@@ -101,21 +142,8 @@ def load_study(path: str | Path) -> Study:
     if not isinstance(name, str) or not name.replace("_", "").replace("-", "").isalnum():
         raise StudyError(f"{path}: name must be letters, digits, '-' or '_', got {name!r}")
 
-    recipes = []
-    for rname, body in _mapping(f"{path}: recipes", raw.get("recipes")).items():
-        body = _mapping(f"{path}: recipes.{rname}", body)
-        extra = sorted(set(body) - {"config", "overrides"})
-        if extra or not isinstance(body.get("config"), str):
-            raise StudyError(f"{path}: recipes.{rname} needs 'config' (a recipe YAML) and optional 'overrides'")
-        if not Path(body["config"]).is_file():
-            raise StudyError(f"{path}: recipes.{rname}.config: {body['config']} does not exist")
-        recipes.append(
-            Recipe(str(rname), body["config"], _strings(f"{path}: recipes.{rname}.overrides", body.get("overrides")))
-        )
+    recipes = _recipes(path, raw)
     names = [r.name for r in recipes]
-    bad = [n for n in names if "__" in n or "/" in n or n == "start"]
-    if bad:
-        raise StudyError(f"{path}: recipe names may not contain '__' or '/' nor be 'start': {bad}")
 
     seeds = raw.get("seeds", [0])
     if (
@@ -136,23 +164,7 @@ def load_study(path: str | Path) -> Study:
             raise StudyError(f"{path}: vary needs exactly 'key' (a config key) and 'values' (a non-empty list)")
         vary_key, vary_values = str(vary["key"]), tuple(vary["values"])
 
-    ev = _mapping(f"{path}: evaluate", raw.get("evaluate"))
-    unknown = sorted(set(ev) - _EVAL)
-    if unknown:
-        raise StudyError(f"{path}: evaluate: unknown key(s) {unknown}; allowed: {sorted(_EVAL)}")
-    zeroshot = {str(k): str(v) for k, v in _mapping(f"{path}: evaluate.zeroshot", ev.get("zeroshot"), False).items()}
-    probes = {str(k): str(v) for k, v in _mapping(f"{path}: evaluate.probes", ev.get("probes"), False).items()}
-    if not zeroshot and not probes:
-        raise StudyError(f"{path}: evaluate needs zeroshot and/or probes")
-    diagnostics = ev.get("diagnostics")
-    if diagnostics is not None and not (
-        isinstance(diagnostics, dict) and set(diagnostics) <= {"probe_train", "probe_test"}
-    ):
-        raise StudyError(f"{path}: evaluate.diagnostics must be a mapping of probe_train / probe_test")
-    headline = ev.get("headline") or {}
-    if headline and set(headline) != {"gain", "cost"}:
-        raise StudyError(f"{path}: evaluate.headline needs exactly 'gain' and 'cost' (metric names)")
-    evaluation = Evaluation(zeroshot, probes, str(ev.get("start") or ""), diagnostics, dict(headline))
+    evaluation = _evaluation(path, raw)
     return Study(
         name=name,
         path=str(path),

@@ -1,7 +1,9 @@
 """The trainer (an application of the vlp library), one file per question:
 
 cli.py          the command line and its exit codes                 (vlp-train, -m vlp.train)
-setup.py        building a run: resume, refusals, components        build_run -> Run
+setup.py        building a run: refusals, model, loader, checkpointer build_run -> Run
+resume.py       which checkpoint; what a resume keeps and may change resolve_resume
+data.py         the shards, the stream options, the loader          stream_options
 engine.py       every DeepSpeed / DDP / precision difference        Engine
 step.py         features and the (accumulated) step                 Stepper
 loop.py         the loop, top to bottom                             train(run)

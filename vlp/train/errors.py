@@ -1,6 +1,4 @@
-"""The trainer's exit codes and the error that ends a run."""
-
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2  # 1: the run failed; 2: a configuration to fix
+"""The error that ends a run (the exit codes are every command's: vlp.common.cli)."""
 
 
 class TrainingError(RuntimeError):

@@ -7,11 +7,12 @@ from __future__ import annotations
 import time
 
 from ..checkpoint import CheckpointWriteError
+from ..common.cli import EXIT_OK
 from ..config import to_dict
 from ..metrics import MetricsLogger
 from ..trackers import Trackers, project_name
 from .agreement import Agreement, StepWindow
-from .errors import EXIT_OK, TrainingError
+from .errors import TrainingError
 from .finish import finish
 from .setup import Run, on_main_then_all
 from .stopping import NonFiniteGuard
