@@ -9,8 +9,8 @@ from pathlib import Path
 
 import torch
 
-from data_pipelines.shards.atomic import write_json_atomic
-from data_pipelines.tables import markdown_table
+from vlp.common.atomic import write_json_atomic
+from vlp.common.tables import markdown_table
 
 
 def machine() -> dict:

@@ -52,7 +52,7 @@ import torch.distributed as dist
 
 from tests.sync_audit import COLLECTIVES, ENGINE
 from tests.sync_audit import _owner as sync_audit_owner
-from vlp.train.hooks import TrainHooks
+from vlp.train.fault_seams import TrainHooks
 
 FUNCTIONS = (
     *COLLECTIVES,

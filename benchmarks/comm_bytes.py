@@ -33,6 +33,8 @@ parameter element, B samples per rank, D embedding width, f = (N-1)/N):
 Usage: python benchmarks/comm_bytes.py [--ranks 2,4] [--stages 0,2,3] [--no-variants] [--mid] [--quick]
 On 2 shared cores the default (10 runs) takes about 9-10 minutes, --quick (6 runs) about 5, and --mid
 adds 2 runs (about 2.5 minutes); benchmarks/results/comm_bytes.json was written with --mid.
+Smallest (a check that it runs, one 2-process run, not a measurement; tests/test_benchmarks.py runs it):
+  python benchmarks/comm_bytes.py --quick --ranks 2 --stages 2 --steps 3 --json /tmp/comm_bytes.json
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ from pathlib import Path
 
 from _machine import report
 
-from data_pipelines.tables import markdown_table
+from vlp.common.tables import markdown_table
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

@@ -6,7 +6,9 @@ AMP off), one process, batch 64; CLIP_benchmark decodes in 1 DataLoader worker, 
 nothing is downloaded). The time covers the class embeddings and all images; the metrics of the two
 are printed side by side as a check (they agree to 1e-6, see tests/test_eval_zeroshot.py).
 
-Usage: python benchmarks/eval.py [--json FILE]
+Usage: python benchmarks/eval.py [--per-class 20] [--json FILE]
+Smallest (a check that it runs, not a measurement; tests/test_benchmarks.py runs it):
+  python benchmarks/eval.py --per-class 1 --json /tmp/eval.json
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ def clip_benchmark_rate(model, preprocess, tokenizer, root: Path, split: str, ba
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--per-class", type=int, default=20, help="zero-shot images per class in each world")
     p.add_argument("--json", default="benchmarks/results/eval.json")
     args = p.parse_args(argv)
     torch.manual_seed(0)
@@ -54,7 +57,9 @@ def main(argv: list[str] | None = None) -> int:
             root = Path(tmp) / f"w{size}"
             generate_world(
                 root,
-                WorldConfig(train_samples=10, image_size=size, zeroshot_per_class=20, compositional_per_type=1),
+                WorldConfig(
+                    train_samples=10, image_size=size, zeroshot_per_class=args.per_class, compositional_per_type=1
+                ),
                 log=lambda _: None,
             )
             if name == "vlp-tiny":

@@ -19,6 +19,8 @@ A pass is one Lloyd iteration; the final assignment and inertia make one more, s
 (iters + 1). ``same labels`` compares the two methods' final labels.
 
 Usage: python benchmarks/kmeans_memory.py [--iters 5] [--dim 384] [--skip-float64] [--json FILE]
+Smallest (a check that it runs, not a measurement; tests/test_benchmarks.py runs it):
+  python benchmarks/kmeans_memory.py --points 2000 --clusters 20 --dim 16 --iters 1 --json /tmp/kmeans_memory.json
 """
 
 from __future__ import annotations

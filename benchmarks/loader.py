@@ -25,6 +25,10 @@ the measured rate into cores per GPU: ViT-B/32 at 224 px needs 3 x its forward F
 trains that many samples/s.
 
 Usage: python benchmarks/loader.py [--corpus photos|shapes] [--data DIR] [--samples N] [--json FILE]
+Smallest (a check that it runs, not a measurement; tests/test_benchmarks.py runs both):
+  python benchmarks/loader.py --photos 128 --samples 32 --batch-size 16 --repeats 1 --json /tmp/loader_jpeg.json
+  python benchmarks/loader.py --corpus shapes --world-samples 256 --samples 32 --batch-size 16 --repeats 1 \
+      --json /tmp/loader.json
 """
 
 from __future__ import annotations
@@ -244,7 +248,8 @@ def shapes_suite(args, tmp: Path) -> list[dict]:
     data = args.data
     if data is None:
         data = str(tmp / "shapes" / "train")
-        generate_world(tmp / "shapes", WorldConfig(train_samples=4000, shard_size=250), log=lambda _: None)
+        world = WorldConfig(train_samples=args.world_samples, shard_size=250)
+        generate_world(tmp / "shapes", world, log=lambda _: None)
     urls = [u for s in parse_sources(data) for u in s.urls]
     tokenizer = open_clip.get_tokenizer("ViT-B-32")
     rows = []
@@ -282,6 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--corpus", choices=("photos", "shapes"), default="photos")
     p.add_argument("--data", default=None, help="shards to read instead of a fresh corpus")
     p.add_argument("--photos", type=int, default=1500, help="samples per photos corpus (when generated)")
+    p.add_argument("--world-samples", type=int, default=4000, help="training samples of the shapes world (generated)")
     p.add_argument("--samples", type=int, default=1000, help="samples timed per configuration")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--repeats", type=int, default=3, help="alternating runs per contender (median kept)")

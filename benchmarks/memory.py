@@ -5,7 +5,9 @@ On CPU the figure is the peak resident set size of the rank with the most (libra
 differences, not absolutes); on a GPU it would be torch.cuda.max_memory_allocated. Each configuration
 trains 3 steps. Accumulation keeps the global batch and divides the micro-batch by ``--accum``.
 
-Usage: python benchmarks/memory.py [--batches 64,256] [--accum 4] [--json FILE]
+Usage: python benchmarks/memory.py [--batches 64,256] [--accum 4] [--strategies DDP,ZeRO-1,ZeRO-2,ZeRO-3] [--json FILE]
+Smallest (a check that it runs, not a measurement; tests/test_benchmarks.py runs it):
+  python benchmarks/memory.py --batches 8 --accum 2 --strategies ZeRO-2 --json /tmp/memory.json
 """
 
 from __future__ import annotations
@@ -81,14 +83,19 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--batches", default="64,256", help="global batch sizes")
     p.add_argument("--accum", type=int, default=4, help="micro-batches per step in the accumulated runs")
+    p.add_argument("--strategies", default=",".join(STRATEGIES), help="comma-separated, of: " + ", ".join(STRATEGIES))
     p.add_argument("--json", default="benchmarks/results/memory.json")
     args = p.parse_args(argv)
     batches = [int(b) for b in args.batches.split(",")]
+    strategies = args.strategies.split(",")
+    unknown = [s for s in strategies if s not in STRATEGIES]
+    if unknown:
+        p.error(f"--strategies: unknown {', '.join(unknown)}; known: {', '.join(STRATEGIES)}")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         generate_world(work / "shapes", WorldConfig(train_samples=max(batches) * 8, shard_size=200), log=lambda _: None)
-        for strategy in STRATEGIES:
+        for strategy in strategies:
             for accum in (1, args.accum):
                 row = {"strategy": strategy, "accum_steps": accum}
                 for g in batches:

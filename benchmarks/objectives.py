@@ -7,6 +7,8 @@ per image (5x the text batch), degla also runs the EMA teacher, protoclip replay
 without gradient to cluster it (amortised over the episode in ``mean``).
 
 Usage: python benchmarks/objectives.py [--steps 30] [--batch-size 64] [--json FILE]
+Smallest (a check that it runs, not a measurement; tests/test_benchmarks.py runs it):
+  python benchmarks/objectives.py --steps 6 --batch-size 8 --json /tmp/objectives.json
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ def run(recipe: str, train_dir: Path, work: Path, steps: int, batch: int, precis
         f"train.save_every={steps}",
         "data.workers=1",
         "objective.proto.episode_steps=10",
+        "eval.zeroshot=[]",  # the recipes' sets are in data/shapes (make demo); the step times do not include them
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
     if proc.returncode != 0:
@@ -54,11 +57,13 @@ def run(recipe: str, train_dir: Path, work: Path, steps: int, batch: int, precis
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--steps", type=int, default=30, help="steps per recipe (at least 6: the first 5 are warm-up)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--precision", default="bf16", choices=("fp32", "bf16"))
     p.add_argument("--json", default="benchmarks/results/objectives.json")
     args = p.parse_args(argv)
+    if args.steps < 6:
+        p.error("--steps: at least 6 (the first 5 steps are left out as warm-up)")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)

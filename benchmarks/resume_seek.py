@@ -16,6 +16,9 @@ Both run with a warm page cache (the set is read once first), which favours read
 cold disk or network storage every consumed byte is also a transfer.
 
 Usage: python benchmarks/resume_seek.py [--samples 10000] [--sample-kb 100] [--json FILE]
+Smallest (a check that it runs, not a measurement; tests/test_benchmarks.py runs it):
+  python benchmarks/resume_seek.py --samples 400 --sample-kb 1 --shard-size 50 --batch-size 8 \
+      --json /tmp/resume_seek.json
 """
 
 from __future__ import annotations
@@ -51,7 +54,7 @@ def make_set(folder: Path, samples: int, sample_kb: int, shard_size: int) -> Non
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--samples", type=int, default=10_000)
     p.add_argument("--sample-kb", type=int, default=100)
     p.add_argument("--shard-size", type=int, default=500)

@@ -10,6 +10,9 @@ vlp reads them from shards. Both decode PNGs, so the data path costs about the s
 Usage: python benchmarks/train_throughput.py [--steps 40] [--json FILE]
 Reports samples/s as the median over steps after a warm-up, best of --repeats alternating runs;
 ``ratio`` = ours / open_clip.
+Smallest (a check that it runs, not a measurement; tests/test_benchmarks.py runs it):
+  python benchmarks/train_throughput.py --steps 6 --batch-size 8 --precisions fp32 --repeats 1 \
+      --json /tmp/train_throughput.json
 """
 
 from __future__ import annotations
@@ -43,8 +46,8 @@ def _csv_from_shards(train_dir: Path, out: Path) -> Path:
         with tarfile.open(shard) as tf:
             members = {m.name: m for m in tf.getmembers()}
             for name in sorted(members):
-                if name.endswith(".png"):
-                    key = name[: -len(".png")]
+                key, _, ext = name.partition(".")  # webdataset's split: the key ends at the first dot
+                if ext == "png":  # the sample's own image (not, e.g., a twin's neighbour.png)
                     (images / name).write_bytes(tf.extractfile(members[name]).read())
                     caption = tf.extractfile(members[key + ".txt"]).read().decode()
                     rows.append((str(images / name), caption))
@@ -159,7 +162,9 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         samples = args.steps * args.batch_size + args.batch_size  # one epoch of open_clip = the steps asked
-        generate_world(work / "shapes", WorldConfig(train_samples=samples, shard_size=500), log=lambda _: None)
+        # image and caption only: neither trainer reads the twins (hard-negative images) of the world's samples
+        world = WorldConfig(train_samples=samples, shard_size=500, twins=False)
+        generate_world(work / "shapes", world, log=lambda _: None)
         train_dir = work / "shapes" / "train"
         table_path = _csv_from_shards(train_dir, work / "csv")
         for name in args.precisions.split(","):

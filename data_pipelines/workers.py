@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 import multiprocessing
+import signal
 from collections.abc import Callable, Iterator, Sequence
 from typing import TypeVar
 
 T = TypeVar("T")
 R = TypeVar("R")
+
+
+def _end_on_sigterm() -> None:
+    """A worker ends on SIGTERM (what ``Pool.terminate`` sends) whatever handler it inherited: under the
+    trainer's StopSignal (SIGTERM = "save at the next step"), which the trainer installs before it
+    generates a missing shapes world, a worker would outlive terminate() and the pool's join() would wait
+    for it forever. Workers are forked with SIGTERM blocked (one sent before this runs stays pending)."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
 
 
 def map_in_pool(
@@ -23,7 +33,11 @@ def map_in_pool(
         yield from map(fn, items)
         return
     # fork: workers start with the parent's modules already imported, so they start fast
-    pool = multiprocessing.get_context("fork").Pool(workers)
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # until each worker's handler is reset
+    try:
+        pool = multiprocessing.get_context("fork").Pool(workers, initializer=_end_on_sigterm)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)  # a SIGTERM meanwhile reaches this process now
     try:
         yield from pool.imap(fn, items, chunksize=chunksize)
     finally:

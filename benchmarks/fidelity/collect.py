@@ -11,8 +11,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/_mach
 
 from _machine import machine  # noqa: E402
 
-from data_pipelines.shards.atomic import write_json_atomic  # noqa: E402
-from data_pipelines.tables import markdown_table  # noqa: E402
+from vlp.common.atomic import write_json_atomic  # noqa: E402
+from vlp.common.tables import markdown_table  # noqa: E402
 
 PROBES = ("replace_rel", "swap_att", "swap_obj", "heldout/replace_rel", "heldout/swap_att")
 

@@ -5,7 +5,7 @@ wrong type or out of range raises :class:`ConfigError` naming the key. The full 
 start and saved as ``config.yaml`` next to the checkpoints.
 """
 
-from .checks import validate
+from .checks import generated_eval_sets, validate
 from .loading import load_config, parse_override, to_dict, to_yaml
 from .schema import (
     PRECISIONS,
@@ -31,6 +31,7 @@ __all__ = [
     "ObjectiveConfig",
     "ProtoConfig",
     "TrainConfig",
+    "generated_eval_sets",
     "load_config",
     "parse_override",
     "to_dict",
