@@ -88,17 +88,10 @@ def test_every_entry_point_is_covered():
     assert {p for p, _, _ in BAD_PATHS} == set(MAINS) == {p for p, _, _ in BAD_VALUES}
 
 
-@pytest.mark.parametrize(("prog", "argv", "named"), BAD_PATHS, ids=lambda v: " ".join(v) if isinstance(v, list) else v)
-def test_a_bad_path_is_one_line_exit_2_nothing_written(prog, argv, named, tmp_path, capsys, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    out = tmp_path / "out"
-    code, _, err = call(prog, [a.replace("OUT", str(out)) for a in argv], capsys)
-    check_one_error_line(prog, code, err, named)
-    assert not out.exists()
-
-
-@pytest.mark.parametrize(("prog", "argv", "named"), BAD_VALUES, ids=lambda v: " ".join(v) if isinstance(v, list) else v)
-def test_a_bad_value_is_one_line_exit_2_nothing_written(prog, argv, named, tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize(
+    ("prog", "argv", "named"), BAD_PATHS + BAD_VALUES, ids=lambda v: " ".join(v) if isinstance(v, list) else v
+)
+def test_a_bad_path_or_value_is_one_line_exit_2_nothing_written(prog, argv, named, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "out"
     code, _, err = call(prog, [a.replace("OUT", str(out)) for a in argv], capsys)

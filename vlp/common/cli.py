@@ -62,26 +62,24 @@ def add_command(
     return p
 
 
-def positive_int(text: str) -> int:
-    """An argparse type: an integer of at least 1 (a batch size, a count of workers)."""
+def _int_at_least(least: int, text: str) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    if value < least:
+        raise argparse.ArgumentTypeError(f"must be at least {least}, got {value}")
     return value
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an integer of at least 1 (a batch size, a count of samples)."""
+    return _int_at_least(1, text)
 
 
 def non_negative_int(text: str) -> int:
     """An argparse type: an integer of at least 0 (0 often meaning "all" or "the default")."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
-    return value
+    return _int_at_least(0, text)
 
 
 def add_model_args(p: argparse.ArgumentParser, required: bool = True, pretrained: bool = True) -> None:
