@@ -44,47 +44,12 @@ from pathlib import Path
 import open_clip
 import psutil
 import torch
-import webdataset as wds
 from _machine import report
+from loader_peers import Normalised, count_samples, in_workers, open_clip_pipeline, wds_peer
 
 from data_pipelines.loader import StreamingLoader
-from data_pipelines.loader.jpeg import images_to
 from data_pipelines.shards.specs import parse_sources
 from data_pipelines.sources.shapes import WorldConfig, generate_world
-
-
-def _wds_pipeline(urls, preprocess, tokenizer, batch_size, decode=True):
-    def to_pair(sample):
-        return preprocess(sample["png"]), sample["txt"]
-
-    def collate(items):
-        return {"image": torch.stack([i[0] for i in items]), "text": tokenizer([i[1] for i in items])}
-
-    stages = [wds.SimpleShardList(urls), wds.split_by_worker, wds.tarfile_to_samples()]
-    if decode:
-        stages.append(wds.shuffle(1000, 100))  # the same buffer as ours
-        stages += [wds.decode("pilrgb"), wds.map(to_pair), wds.batched(batch_size, collation_fn=collate)]
-    else:
-        stages += [wds.batched(batch_size, collation_fn=lambda items: {"n": len(items)})]
-    return wds.DataPipeline(*stages)
-
-
-def _peer(urls, preprocess, tokenizer, batch_size: int, workers: int, decode: bool):
-    pipe = _wds_pipeline(urls, preprocess, tokenizer, batch_size, decode)
-    if workers == 0:
-        return pipe
-    return torch.utils.data.DataLoader(pipe, batch_size=None, num_workers=workers)
-
-
-def _rate(batches, limit: int) -> float:
-    seen = 0
-    start = time.perf_counter()
-    for batch in batches:
-        seen += len(batch["key"]) if "key" in batch else batch.get("n", len(batch.get("text", [])))
-        if seen >= limit:
-            break
-    return seen / (time.perf_counter() - start)
-
 
 H200_BF16_TFLOPS, MFU = 989.4, 0.45
 
@@ -94,46 +59,6 @@ def vitb32_train_gflops() -> float:
     from gpu_check import count_flops
 
     return count_flops("ViT-B-32")["train_gflops_per_sample"]
-
-
-class Normalised:
-    """vlp's fast batches leave ToTensor/Normalize to the training device; this contender pays them on
-    the loader's CPU (``images_to``), as a CPU-only run does."""
-
-    def __init__(self, loader):
-        self.loader = loader
-
-    def __iter__(self):
-        for batch in self.loader:
-            images_to(batch["image"], "cpu", normalize=batch.get("image_normalize"))
-            yield batch
-
-
-def _open_clip_pipeline(urls, preprocess, tokenizer, batch_size: int):
-    """open_clip's training pipeline (open_clip_train/data.py, get_wds_dataset) minus its resampling:
-    the same stages, the same shuffle buffer as ours."""
-    stages = [
-        wds.SimpleShardList(urls),
-        wds.split_by_worker,
-        wds.tarfile_to_samples(),
-        wds.shuffle(1000, 100),
-        wds.decode("pilrgb", only=["jpg", "jpeg", "png", "webp", "txt"]),  # no pickled members
-        wds.rename(image="jpg;png;jpeg;webp", text="txt"),
-        wds.map_dict(image=preprocess, text=lambda text: tokenizer(text)[0]),
-        wds.to_tuple("image", "text"),
-        wds.batched(batch_size, partial=False),
-    ]
-    return wds.DataPipeline(*stages)
-
-
-def _loader(pipe, workers: int):
-    return pipe if workers == 0 else torch.utils.data.DataLoader(pipe, batch_size=None, num_workers=workers)
-
-
-def _count(batch) -> int:
-    if isinstance(batch, dict):
-        return len(batch["key"]) if "key" in batch else batch.get("n", len(batch.get("text", [])))
-    return len(batch[1])  # open_clip's (images, texts)
 
 
 def _cpu_seconds() -> float:
@@ -162,7 +87,7 @@ def _timed(batches, limit: int) -> tuple[float, float]:
     next(batches)
     seen, start, cpu = 0, time.perf_counter(), _cpu_seconds()
     for batch in batches:
-        seen += _count(batch)
+        seen += count_samples(batch)
         if seen >= limit:
             break
     return seen / (time.perf_counter() - start), seen / (_cpu_seconds() - cpu)
@@ -214,8 +139,8 @@ def photos_suite(args, tmp: Path) -> tuple[list[dict], dict]:
                 "vlp_fast": functools.partial(vlp, "fast"),
                 "vlp_fast_norm": lambda vlp=vlp: Normalised(vlp("fast")),
                 "vlp_pil": functools.partial(vlp, "pil"),
-                "open_clip": lambda urls=urls, workers=workers: _loader(
-                    _open_clip_pipeline(urls, preprocess, tokenizer, args.batch_size), workers
+                "open_clip": lambda urls=urls, workers=workers: in_workers(
+                    open_clip_pipeline(urls, preprocess, tokenizer, args.batch_size), workers
                 ),
             }
             rates, per_core = _median_rates(contenders, args.samples, args.repeats)
@@ -265,7 +190,7 @@ def shapes_suite(args, tmp: Path) -> list[dict]:
                 num_workers=workers,
                 shuffle_buffer=1000,
             )
-            peer = functools.partial(_peer, urls, preprocess, tokenizer, args.batch_size, workers)
+            peer = functools.partial(wds_peer, urls, preprocess, tokenizer, args.batch_size, workers)
             rates, _ = _median_rates({"vlp": ours, "wds": functools.partial(peer, True)}, args.samples, args.repeats)
             r_read, _ = _timed(peer(False), args.samples * 5)
             rows.append(

@@ -8,7 +8,8 @@ The runs take minutes (each starts trainers, builds models, generates data), so 
 
 Not run here: benchmarks/gpu_check.py (its --dry-run has its own test, tests/test_gpu_check.py, and its
 real run needs a GPU); benchmarks/comm_audit.py (not a script: the trainer hook benchmarks/comm_bytes.py
-installs, run with it); benchmarks/_machine.py (a helper).
+installs, run with it); the modules the scripts import (_machine.py, comm_formula.py, comm_runs.py,
+loader_peers.py).
 """
 
 from __future__ import annotations
